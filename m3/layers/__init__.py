@@ -1,0 +1,1 @@
+"""nn.Modules shared by the model families: rotary embedding, RMSNorm, attention (dense | MSA), sampler."""

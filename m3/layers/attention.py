@@ -1,0 +1,190 @@
+"""Attention over the paged KV cache: exact dense attention, or MSA block-sparse attention (msa.md).
+
+The choice is per query token: dense for dense layers, attention="dense", or positions before `dense_below`;
+MSA otherwise. Positions "remap"/"auto" follow msa.md. The ops come from m3.kernels (plain-torch references here;
+the fast kernels plug in at the same boundaries).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from m3.kernels.kv_cache_ref import rope, store_kv_ref, summarize_blocks_ref, unrope
+from m3.kernels.msa_attention_ref import dense_attention_ref, sparse_attention_ref
+from m3.kernels.msa_select_ref import local_mask_ref, select_blocks_ref
+
+
+@dataclass
+class AttentionMetadata:
+    """What one step's attention needs to know about its batch (B sequences, T query tokens)."""
+
+    positions: torch.Tensor  # (T,) absolute position of each query token
+    slot_mapping: torch.Tensor  # (T,) flat cache slot (block * S + offset) of each new token
+    cu_seqlens_q: torch.Tensor  # (B+1,) query-token offsets per sequence
+    q_start: list[int]  # per sequence: tokens cached before this step (= first query position)
+    seq_lens: list[int]  # per sequence: tokens cached after this step
+    block_tables: torch.Tensor  # (B, max_blocks) physical block of each logical block, -1 padded
+    filled_blocks: torch.Tensor  # (M,) physical blocks that became full this step
+    filled_block_starts: torch.Tensor  # (M,) absolute position of the first token of each filled block
+
+    @property
+    def is_decode_only(self) -> bool:
+        return all(e - s == 1 for s, e in zip(self.q_start, self.seq_lens))
+
+
+@dataclass
+class LayerCache:
+    """One layer's paged cache: k, v (NB, S, Hkv, D) and key summaries (NB, Hkv, D) of full blocks.
+
+    raw_*: summaries of keys with RoPE undone, kept only when remapped positions may be used.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    kmean: torch.Tensor
+    kmin: torch.Tensor
+    kmax: torch.Tensor
+    raw_kmean: torch.Tensor | None = None
+    raw_kmin: torch.Tensor | None = None
+    raw_kmax: torch.Tensor | None = None
+
+
+@dataclass
+class MSAParams:
+    """The attention knobs one layer uses (copied out of Config once)."""
+
+    use_msa: bool
+    block_size: int
+    sink_blocks: int
+    window_blocks: int
+    topk_blocks: int
+    dense_below: int
+    score: str
+    positions: str  # true | remap | auto
+    trained_len: int  # "auto" remaps query blocks that reach past this
+
+
+class PagedAttention(torch.nn.Module):
+    """softmax(q k^T / sqrt(D)) v over the cache, for one layer; q/k arrive already rotated."""
+
+    def __init__(self, layer_idx: int, num_heads: int, num_kv_heads: int, head_dim: int, msa: MSAParams, rotary):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.msa = msa
+        self.rotary = rotary
+        self.cache: LayerCache | None = None  # bound by the model runner
+        self.last_selected_share: float | None = None  # share of cached blocks read by the last MSA step
+
+    def forward(self, q: torch.Tensor, q_raw: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata):
+        """q, q_raw (T, H, D) post/pre-RoPE queries; k, v (T, Hkv, D) new keys (post-RoPE) and values."""
+        cache = self.cache
+        store_kv_ref(k, v, cache.k, cache.v, meta.slot_mapping)
+        self._summarize(meta)
+        out = torch.empty_like(q)
+        decode_dense = [b for b in range(len(meta.q_start)) if self._all_dense(meta, b) and self._is_decode(meta, b)]
+        if decode_dense:
+            self._dense_decode_batch(q, meta, decode_dense, out)
+        for b in range(len(meta.q_start)):
+            if b in decode_dense:
+                continue
+            s, e = int(meta.cu_seqlens_q[b]), int(meta.cu_seqlens_q[b + 1])
+            out[s:e] = self._attend_seq(q[s:e], q_raw[s:e], meta.positions[s:e], meta, b)
+        return out
+
+    # -- helpers --
+    def _summarize(self, meta: AttentionMetadata):
+        cache, bs = self.cache, self.msa.block_size
+        if meta.filled_blocks.numel() == 0:
+            return
+        summarize_blocks_ref(cache.k, meta.filled_blocks, cache.kmean, cache.kmin, cache.kmax)
+        if cache.raw_kmean is not None:
+            pos = meta.filled_block_starts[:, None] + torch.arange(bs, device=cache.k.device)  # (M, S)
+            cos, sin = self.rotary.cos_sin(pos)
+            summarize_blocks_ref(cache.k, meta.filled_blocks, cache.raw_kmean, cache.raw_kmin, cache.raw_kmax, (cos, sin))
+
+    def _all_dense(self, meta: AttentionMetadata, b: int) -> bool:
+        return not self.msa.use_msa or meta.seq_lens[b] <= self.msa.dense_below
+
+    @staticmethod
+    def _is_decode(meta: AttentionMetadata, b: int) -> bool:
+        return meta.seq_lens[b] - meta.q_start[b] == 1
+
+    def _gather(self, meta: AttentionMetadata, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        seq_len, bs = meta.seq_lens[b], self.msa.block_size
+        table = meta.block_tables[b, : (seq_len + bs - 1) // bs].long()
+        k = self.cache.k[table].flatten(0, 1)[:seq_len]  # (L, Hkv, D)
+        v = self.cache.v[table].flatten(0, 1)[:seq_len]
+        return k, v
+
+    def _dense_decode_batch(self, q: torch.Tensor, meta: AttentionMetadata, rows: list[int], out: torch.Tensor):
+        # NOTE: one padded SDPA for all dense decodes; a python loop per sequence costs more than the math.
+        bs = self.msa.block_size
+        lens = torch.tensor([meta.seq_lens[b] for b in rows], device=q.device)
+        num_blocks = int((lens.max() + bs - 1) // bs)
+        tables = meta.block_tables[rows, :num_blocks].long().clamp(min=0)  # (B', N)
+        k = self.cache.k[tables].flatten(1, 2)  # (B', N*S, Hkv, D)
+        v = self.cache.v[tables].flatten(1, 2)
+        group = self.num_heads // self.num_kv_heads
+        k = k.repeat_interleave(group, dim=2).transpose(1, 2)  # (B', H, N*S, D)
+        v = v.repeat_interleave(group, dim=2).transpose(1, 2)
+        mask = torch.arange(k.shape[2], device=q.device)[None, :] < lens[:, None]  # (B', N*S)
+        idx = meta.cu_seqlens_q[rows].long()
+        qq = q[idx][:, :, None, :]  # (B', H, 1, D)
+        o = torch.nn.functional.scaled_dot_product_attention(qq, k.to(q.dtype), v.to(q.dtype), attn_mask=mask[:, None, None, :])
+        out[idx] = o[:, :, 0, :]
+
+    def _attend_seq(self, q, q_raw, pos, meta: AttentionMetadata, b: int) -> torch.Tensor:
+        k, v = self._gather(meta, b)
+        p = self.msa
+        if self._all_dense(meta, b):
+            return dense_attention_ref(q, pos, k, v)
+        out = torch.empty_like(q)
+        is_dense = pos < p.dense_below
+        if is_dense.any():
+            out[is_dense] = dense_attention_ref(q[is_dense], pos[is_dense], k, v)
+        sparse = ~is_dense
+        if sparse.any():
+            out[sparse] = self._msa_seq(q[sparse], q_raw[sparse], pos[sparse], k, v, meta, b)
+        return out
+
+    def _msa_seq(self, q, q_raw, pos, k, v, meta: AttentionMetadata, b: int) -> torch.Tensor:
+        p, cache = self.msa, self.cache
+        bs = p.block_size
+        token_block = torch.div(pos, bs, rounding_mode="floor")
+        qblock_ids, counts = torch.unique_consecutive(token_block, return_counts=True)
+        # -- which query blocks remap positions (msa.md "Positions") --
+        if p.positions == "remap":
+            is_remap = torch.ones_like(qblock_ids, dtype=torch.bool)
+        elif p.positions == "auto":
+            is_remap = (qblock_ids + 1) * bs > p.trained_len
+        else:
+            is_remap = torch.zeros_like(qblock_ids, dtype=torch.bool)
+        q_remote = k_raw = None
+        if is_remap.any():
+            assert cache.raw_kmean is not None, "remap needs raw summaries: the runner allocates them"
+            cos, sin = self.rotary.cos_sin(torch.full_like(pos[:1], p.window_blocks * bs))
+            q_remote = rope(q_raw.float(), cos[:, None, :], sin[:, None, :]).to(q.dtype)
+            cos_k, sin_k = self.rotary.cos_sin(torch.arange(k.shape[0], device=k.device))
+            k_raw = unrope(k.float(), cos_k[:, None, :], sin_k[:, None, :])
+        # -- select per query block: true-position scoring, or remote scoring on raw summaries --
+        num_full = meta.seq_lens[b] // bs
+        table = meta.block_tables[b, :num_full].long()
+        max_sel = p.sink_blocks + p.window_blocks + 1 + p.topk_blocks
+        sel = torch.empty(len(qblock_ids), self.num_kv_heads, max_sel, dtype=torch.long, device=q.device)
+        for remap in (False, True):
+            rows = (is_remap == remap).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            src = q_remote if remap else q
+            qbar = torch.stack([t.float().mean(0) for t in torch.split(src, counts.tolist())])[rows]  # (Q', H, D)
+            sums = (cache.raw_kmean, cache.raw_kmin, cache.raw_kmax) if remap else (cache.kmean, cache.kmin, cache.kmax)
+            sel[rows] = select_blocks_ref(
+                qbar, qblock_ids[rows], *(s[table] for s in sums),
+                sink_blocks=p.sink_blocks, window_blocks=p.window_blocks, topk_blocks=p.topk_blocks, score=p.score,
+            )
+        self.last_selected_share = float((sel >= 0).sum(-1).float().mean() / max(1, (meta.seq_lens[b] + bs - 1) // bs))
+        is_local = local_mask_ref(sel, qblock_ids, p.window_blocks)
+        return sparse_attention_ref(
+            q, pos, k, v, sel, qblock_ids, bs, q_remote=q_remote, k_raw=k_raw, is_local=is_local, is_remap=is_remap
+        )

@@ -1,0 +1,54 @@
+"""Rotary position embedding (HF "rotate_half" layout), with Llama-3 and linear rope scaling.
+
+cos/sin are computed per step from the positions instead of a table, so 1M-token positions cost no memory.
+"""
+
+import math
+
+import torch
+
+from m3.kernels.kv_cache_ref import rope
+
+
+class RotaryEmbedding(torch.nn.Module):
+    def __init__(self, head_dim: int, rope_theta: float, rope_scaling: dict | None = None):
+        super().__init__()
+        inv_freq = 1.0 / (rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim))
+        inv_freq = _scale_inv_freq(inv_freq, rope_scaling)
+        # NOTE: a plain attribute, not a buffer: models are built on the meta device and must keep this exact value.
+        self.inv_freq = inv_freq  # (D/2,) float64
+
+    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (...,) -> cos, sin (..., D) in float32 (angles in float64: exact at 1M positions)."""
+        if self.inv_freq.device != positions.device:
+            self.inv_freq = self.inv_freq.to(positions.device)
+        angles = positions.to(torch.float64)[..., None] * self.inv_freq
+        angles = torch.cat((angles, angles), dim=-1)
+        return angles.cos().float(), angles.sin().float()
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: (T, heads, D), positions: (T,) -> x rotated, same dtype."""
+        cos, sin = self.cos_sin(positions)
+        return rope(x.float(), cos[:, None, :], sin[:, None, :]).to(x.dtype)
+
+
+def _scale_inv_freq(inv_freq: torch.Tensor, scaling: dict | None) -> torch.Tensor:
+    if not scaling:
+        return inv_freq
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+        old_len = scaling["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old_len / low, old_len / high
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        mid = (1 - smooth) * scaled / factor + smooth * scaled
+        is_mid = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return torch.where(is_mid, mid, scaled)
+    raise ValueError(f"unsupported rope_scaling type {kind!r}; supported: default, linear, llama3")
