@@ -116,11 +116,10 @@ class ScriptedModel:
     def complete(self, messages: list[Message], **kw) -> Reply:
         with self._lock:
             self.calls.append([dict(m) for m in messages])
-            if self._respond is not None:
-                text = self._respond(messages)
-            elif self._queue:
-                text = self._queue.popleft()
-            else:
-                raise ModelError("ScriptedModel: no reply queued")
+            text = self._queue.popleft() if self._respond is None and self._queue else None
+        if self._respond is not None:
+            text = self._respond(messages)  # NOTE: outside the lock, so parallel workers overlap in time
+        elif text is None:
+            raise ModelError("ScriptedModel: no reply queued")
         prompt_tokens = sum(len(m["content"].split()) for m in messages)
         return Reply(text, prompt_tokens, len(text.split()))
