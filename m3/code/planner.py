@@ -47,9 +47,11 @@ def make_plan(
     known = capabilities_of(agents)
     agent_lines = "\n".join(f"- {a.name} ({a.role}): {', '.join(a.capabilities)}" for a in agents)
     messages = [
-        {"role": "user", "content": PROMPT.format(agents=agent_lines, task=task, files=files or "(empty)",
-                                                  max_tasks=max_tasks)},
-    ]  # fmt: skip
+        {
+            "role": "user",
+            "content": PROMPT.format(agents=agent_lines, task=task, files=files or "(empty)", max_tasks=max_tasks),
+        },
+    ]
     problems: list[str] = []
     for attempt in range(1, max_tries + 1):
         if journal is not None:

@@ -110,8 +110,9 @@ class Runner:
             if run["plan"] is None:
                 try:
                     files = Tools(integration, None).list_files(".")
-                    plan = make_plan(self.model, run["task"], self.agents, files, journal, config.max_plan_tries,
-                                     config.max_tasks)  # fmt: skip
+                    plan = make_plan(
+                        self.model, run["task"], self.agents, files, journal, config.max_plan_tries, config.max_tasks
+                    )
                 except (BudgetExceeded, ValueError) as e:
                     status = "stopped" if isinstance(e, BudgetExceeded) else "failed"
                     self.store.update_run(run_id, status=status, reason=f"planning: {e}")
@@ -156,15 +157,25 @@ class Runner:
                         continue
                     pool.acquire(agent)
                     spec = self._spec(run, config, t, agent, tasks, plan_lines, integration)
-                    self.store.set_task(run_id, t["id"], "started", {"agent": agent.name}, agent=agent.name,
-                                        attempts=t["attempts"] + 1, started_at=time.time())  # fmt: skip
+                    self.store.set_task(
+                        run_id,
+                        t["id"],
+                        "started",
+                        {"agent": agent.name},
+                        agent=agent.name,
+                        attempts=t["attempts"] + 1,
+                        started_at=time.time(),
+                    )
                     t["status"] = "started"
                     running[self.executor.submit(spec)] = (t["id"], agent.name)
             self.on_update(run_id)
             if not running:
                 tasks = {t["id"]: t for t in self.store.tasks(run_id)}
-                stranded = [t["id"] for t in tasks.values() if t["status"] == "pending"
-                            and all(tasks[d]["status"] == "merged" for d in t["dependencies"])]  # fmt: skip
+                stranded = [
+                    t["id"]
+                    for t in tasks.values()
+                    if t["status"] == "pending" and all(tasks[d]["status"] == "merged" for d in t["dependencies"])
+                ]
                 if stop_reason is None and stranded:
                     for tid in stranded:  # nothing runs, yet these cannot start: no agent has their capabilities
                         self.store.set_task(run_id, tid, "failed", {"why": "no agent"}, error="no agent can take it")
@@ -199,12 +210,25 @@ class Runner:
 
     def _record(self, run_id: str, task_id: str, outcome, integration: Path) -> None:
         if outcome.status != "finished":
-            self.store.set_task(run_id, task_id, "failed", {"reason": outcome.reason, "error": outcome.error[:2000]},
-                                error=outcome.error[:4000], finished_at=time.time())  # fmt: skip
+            self.store.set_task(
+                run_id,
+                task_id,
+                "failed",
+                {"reason": outcome.reason, "error": outcome.error[:2000]},
+                error=outcome.error[:4000],
+                finished_at=time.time(),
+            )
             return
-        self.store.set_task(run_id, task_id, "finished", {"commit": outcome.commit, "files": outcome.files},
-                            commit_sha=outcome.commit, summary=outcome.summary, files=outcome.files,
-                            finished_at=time.time())  # fmt: skip
+        self.store.set_task(
+            run_id,
+            task_id,
+            "finished",
+            {"commit": outcome.commit, "files": outcome.files},
+            commit_sha=outcome.commit,
+            summary=outcome.summary,
+            files=outcome.files,
+            finished_at=time.time(),
+        )
         self._merge(run_id, next(t for t in self.store.tasks(run_id) if t["id"] == task_id), integration)
 
     def _merge(self, run_id: str, t: dict, integration: Path) -> None:
@@ -217,15 +241,29 @@ class Runner:
         if result.ok:
             self.store.set_task(run_id, t["id"], "merged", {"head": result.commit})
         else:
-            self.store.set_task(run_id, t["id"], "conflict", {"files": result.conflicts, "branch": branch},
-                                error=f"merge conflict in {result.conflicts}; work kept on branch {branch}")  # fmt: skip
+            self.store.set_task(
+                run_id,
+                t["id"],
+                "conflict",
+                {"files": result.conflicts, "branch": branch},
+                error=f"merge conflict in {result.conflicts}; work kept on branch {branch}",
+            )
 
     def _finish(self, run_id: str, config: RunConfig, integration: Path, stop_reason: str | None) -> None:
         tasks = self.store.tasks(run_id)
         if config.test_cmd:
             r = Sandbox(config.limits, unsafe=config.unsafe).run(["sh", "-c", config.test_cmd], integration)
-            self.store.event(run_id, None, "tests", {"cmd": config.test_cmd, "returncode": r.returncode,
-                                                     "stdout": r.stdout[-4000:], "stderr": r.stderr[-2000:]})  # fmt: skip
+            self.store.event(
+                run_id,
+                None,
+                "tests",
+                {
+                    "cmd": config.test_cmd,
+                    "returncode": r.returncode,
+                    "stdout": r.stdout[-4000:],
+                    "stderr": r.stderr[-2000:],
+                },
+            )
             wtree.git(integration, "checkout", "--", ".", check=False)
             wtree.git(integration, "clean", "-fdq", check=False)
         if stop_reason:

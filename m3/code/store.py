@@ -105,15 +105,24 @@ class Store:
         tasks = json.loads(plan_json)["tasks"]
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.execute("UPDATE runs SET plan = ?, status = 'running', updated = ? WHERE id = ?",
-                             (plan_json, time.time(), run_id))  # fmt: skip
+            self._db.execute(
+                "UPDATE runs SET plan = ?, status = 'running', updated = ? WHERE id = ?",
+                (plan_json, time.time(), run_id),
+            )
             for i, t in enumerate(tasks):
                 self._db.execute(
                     "INSERT INTO tasks (run_id, id, ord, description, dependencies, capabilities, effort, status)"
                     " VALUES (?,?,?,?,?,?,?, 'pending')",
-                    (run_id, t["id"], i, t["description"], json.dumps(t["dependencies"]),
-                     json.dumps(t["capabilities"]), t["effort"]),
-                )  # fmt: skip
+                    (
+                        run_id,
+                        t["id"],
+                        i,
+                        t["description"],
+                        json.dumps(t["dependencies"]),
+                        json.dumps(t["capabilities"]),
+                        t["effort"],
+                    ),
+                )
             self._db.execute("COMMIT")
         self.event(run_id, None, "planned", {"tasks": [t["id"] for t in tasks]})
 
@@ -128,7 +137,9 @@ class Store:
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.execute(f"UPDATE tasks SET {cols} WHERE run_id = ? AND id = ?", (*fields.values(), run_id, task_id))
+            self._db.execute(
+                f"UPDATE tasks SET {cols} WHERE run_id = ? AND id = ?", (*fields.values(), run_id, task_id)
+            )
             self._db.execute(
                 "INSERT INTO events (run_id, task_id, kind, data, ts) VALUES (?,?,?,?,?)",
                 (run_id, task_id, status or "update", json.dumps(event or {}), time.time()),

@@ -17,7 +17,7 @@ from m3.code.budget import BudgetExceeded
 from m3.code.dag import extract_json
 from m3.code.model import ChatModel
 from m3.code.sandbox import Limits, Sandbox
-from m3.code.tools import Tools, ToolError
+from m3.code.tools import ToolError, Tools
 from m3.code.worktree import commit_all
 
 SYSTEM = """You are {name}, a {role} in a team of coding agents. You work alone in a git worktree on ONE sub-task.
@@ -85,7 +85,10 @@ def run_task(spec: TaskSpec, model: ChatModel, journal) -> TaskOutcome:
         wt = Path(spec.worktree)
         tools = Tools(wt, sandbox, tuple(spec.agent["tools"]))
         messages = [
-            {"role": "system", "content": SYSTEM.format(name=spec.agent["name"], role=spec.agent["role"], tools=tools.describe())},
+            {
+                "role": "system",
+                "content": SYSTEM.format(name=spec.agent["name"], role=spec.agent["role"], tools=tools.describe()),
+            },
             {
                 "role": "user",
                 "content": USER.format(
@@ -133,8 +136,9 @@ def run_task(spec: TaskSpec, model: ChatModel, journal) -> TaskOutcome:
                 result = f"error: {e}"
             journal.step(task_id, "tool_result", {"n": num_steps, "result": result[:2000]})
             messages.append({"role": "user", "content": f"Result of {action['tool']}:\n{result}"})
-        return TaskOutcome(task_id, "failed", error=f"step limit {spec.max_steps} reached", reason="steps",
-                           num_steps=num_steps)  # fmt: skip
+        return TaskOutcome(
+            task_id, "failed", error=f"step limit {spec.max_steps} reached", reason="steps", num_steps=num_steps
+        )
     except BudgetExceeded as e:
         return TaskOutcome(task_id, "failed", error=str(e), reason="budget", num_steps=num_steps)
     except TaskStuck as e:

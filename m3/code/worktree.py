@@ -143,9 +143,12 @@ def merge(integration: Path, branch: str, message: str) -> MergeResult:
 
 
 def is_merged(integration: Path, commit: str) -> bool:
-    return subprocess.run(
-        ["git", *_SAFE, "merge-base", "--is-ancestor", commit, "HEAD"], cwd=integration, capture_output=True
-    ).returncode == 0
+    return (
+        subprocess.run(
+            ["git", *_SAFE, "merge-base", "--is-ancestor", commit, "HEAD"], cwd=integration, capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def changed_files(workspace: Path, base: str, ref: str) -> list[tuple[str, str]]:
