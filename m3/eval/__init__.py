@@ -1,0 +1,1 @@
+"""m3 eval: long-context quality (passkey, needle, RULER-style) and coding (HumanEval, MBPP) benchmarks."""
