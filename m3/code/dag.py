@@ -60,10 +60,9 @@ def extract_json(text: str):
     """The first JSON value in a model reply: a ```json fence, else the outermost {...} or [...]."""
     fence = re.search(r"```(?:json)?\s*\n(.*?)```", text, re.S)
     candidates = [fence.group(1)] if fence else []
-    for open_, close in (("{", "}"), ("[", "]")):
-        start, end = text.find(open_), text.rfind(close)
-        if 0 <= start < end:
-            candidates.append(text[start : end + 1])
+    spans = [(text.find(o), text.rfind(c)) for o, c in (("{", "}"), ("[", "]"))]
+    for start, end in sorted(s for s in spans if 0 <= s[0] < s[1]):  # the outermost value opens first
+        candidates.append(text[start : end + 1])
     for c in candidates:
         try:
             return json.loads(c)

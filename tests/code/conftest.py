@@ -24,8 +24,13 @@ def plan_reply(*tasks: dict) -> str:
 
 
 def task(tid: str, deps=(), caps=("python",), desc: str | None = None) -> dict:
-    return {"id": tid, "description": desc or f"do {tid}", "dependencies": list(deps),
-            "required_capabilities": list(caps), "estimated_effort": 1}  # fmt: skip
+    return {
+        "id": tid,
+        "description": desc or f"do {tid}",
+        "dependencies": list(deps),
+        "required_capabilities": list(caps),
+        "estimated_effort": 1,
+    }
 
 
 def write(path: str, content: str) -> str:
@@ -75,5 +80,6 @@ def make_workspace(path: Path, files: dict[str, str] | None = None) -> Path:
 
 
 def show(ws: Path, ref: str, path: str) -> str:
-    return subprocess.run(["git", "-c", "safe.directory=*", "show", f"{ref}:{path}"], cwd=ws, capture_output=True,
-                          text=True, check=True).stdout  # fmt: skip
+    return subprocess.run(
+        ["git", "-c", "safe.directory=*", "show", f"{ref}:{path}"], cwd=ws, capture_output=True, text=True, check=True
+    ).stdout
