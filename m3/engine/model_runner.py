@@ -109,6 +109,7 @@ class ModelRunner:
             slot_mapping=t(slots),
             cu_seqlens_q=t(cu, torch.int32),
             q_start=q_start,
+            num_prompt_tokens=[s.num_prompt_tokens for s in batch.seqs],
             seq_lens=seq_lens,
             block_tables=t(tables, torch.int32),
             filled_blocks=t(filled),

@@ -25,13 +25,16 @@ def sparse_attention_ref(
     k_raw: torch.Tensor | None = None,
     is_local: torch.Tensor | None = None,
     is_remap: torch.Tensor | None = None,
+    token_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of one sequence's query tokens over its selected blocks.
 
     q: (T, H, D) post-RoPE queries at absolute positions q_pos (T,), consecutive and ascending;
     k, v: (L, Hkv, D) the sequence's keys/values in logical order (L = tokens cached including these);
     sel: (Q, Hkv, K) selected logical blocks per query block, -1 padded; qblock_ids: (Q,) absolute index of each
-    query block, one per distinct q_pos // block_size in order.
+    query block (row); by default one row per distinct q_pos // block_size, in order.
+    token_rows: (T,) row of sel for each token, when rows are not whole blocks (e.g. recomputed decode tokens,
+    which keep the one-token query blocks they had when first decoded).
     Remap: q_remote (T, H, D) queries rotated at the fixed remote angle, k_raw (L, Hkv, D) keys with RoPE undone,
     is_local (Q, Hkv, K) from local_mask_ref, is_remap (Q,) bool which query blocks use remapped positions.
     Returns (T, H, D) in q's dtype; the math runs in float32.
@@ -42,9 +45,10 @@ def sparse_attention_ref(
     seq_len = k.shape[0]
     scale = 1.0 / math.sqrt(head_dim)
     out = torch.empty(num_tokens, num_heads, head_dim, dtype=torch.float32, device=q.device)
-    token_block = torch.div(q_pos, block_size, rounding_mode="floor")
-    # (T,) row of each token in sel; tokens are consecutive so rows are runs
-    row = torch.searchsorted(qblock_ids.to(token_block.dtype).contiguous(), token_block)
+    row = token_rows
+    if row is None:  # (T,) row of each token in sel; tokens are consecutive so rows are runs
+        token_block = torch.div(q_pos, block_size, rounding_mode="floor")
+        row = torch.searchsorted(qblock_ids.to(token_block.dtype).contiguous(), token_block)
     offs = torch.arange(block_size, device=q.device)
     for start in range(0, sel.shape[0], _TILE):
         stop = min(start + _TILE, sel.shape[0])

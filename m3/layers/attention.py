@@ -22,14 +22,11 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # (T,) flat cache slot (block * S + offset) of each new token
     cu_seqlens_q: torch.Tensor  # (B+1,) query-token offsets per sequence
     q_start: list[int]  # per sequence: tokens cached before this step (= first query position)
+    num_prompt_tokens: list[int]  # per sequence: generated tokens after these form one-token query blocks
     seq_lens: list[int]  # per sequence: tokens cached after this step
     block_tables: torch.Tensor  # (B, max_blocks) physical block of each logical block, -1 padded
     filled_blocks: torch.Tensor  # (M,) physical blocks that became full this step
     filled_block_starts: torch.Tensor  # (M,) absolute position of the first token of each filled block
-
-    @property
-    def is_decode_only(self) -> bool:
-        return all(e - s == 1 for s, e in zip(self.q_start, self.seq_lens))
 
 
 @dataclass
@@ -151,8 +148,12 @@ class PagedAttention(torch.nn.Module):
     def _msa_seq(self, q, q_raw, pos, k, v, meta: AttentionMetadata, b: int) -> torch.Tensor:
         p, cache = self.msa, self.cache
         bs = p.block_size
+        # query blocks: S prompt tokens each; a generated token is its own query block, as when it was decoded,
+        # so recomputing a preempted sequence reproduces it exactly
         token_block = torch.div(pos, bs, rounding_mode="floor")
-        qblock_ids, counts = torch.unique_consecutive(token_block, return_counts=True)
+        group_key = torch.where(pos < meta.num_prompt_tokens[b], token_block, -1 - pos)
+        _, token_rows, counts = torch.unique_consecutive(group_key, return_inverse=True, return_counts=True)
+        qblock_ids = token_block[torch.cumsum(counts, 0) - counts]  # (Q,) block index i of each query block
         # -- which query blocks remap positions (msa.md "Positions") --
         if p.positions == "remap":
             is_remap = torch.ones_like(qblock_ids, dtype=torch.bool)
@@ -186,5 +187,6 @@ class PagedAttention(torch.nn.Module):
         self.last_selected_share = float((sel >= 0).sum(-1).float().mean() / max(1, (meta.seq_lens[b] + bs - 1) // bs))
         is_local = local_mask_ref(sel, qblock_ids, p.window_blocks)
         return sparse_attention_ref(
-            q, pos, k, v, sel, qblock_ids, bs, q_remote=q_remote, k_raw=k_raw, is_local=is_local, is_remap=is_remap
+            q, pos, k, v, sel, qblock_ids, bs, q_remote=q_remote, k_raw=k_raw, is_local=is_local, is_remap=is_remap,
+            token_rows=token_rows,
         )
