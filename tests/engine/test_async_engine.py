@@ -7,7 +7,7 @@ import pytest
 from m3.config import Config
 from m3.engine.async_engine import AsyncEngine
 from m3.sampling_params import SamplingParams
-from tests.engine.conftest import MSA_TINY
+from tests.fixtures import MSA_TINY
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pytest
 
 from m3.llm import LLM
 from m3.sampling_params import SamplingParams
-from tests.engine.conftest import MSA_TINY
+from tests.fixtures import MSA_TINY
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog. " * 3,
