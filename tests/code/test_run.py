@@ -100,8 +100,7 @@ def test_stuck_agent_is_stopped(tmp_path):
     read = json.dumps({"tool": "read_file", "args": {"path": "README.md"}})
     script = TaskScript(
         [plan_reply(task("loop"), task("garbled"), task("ok"))],
-        {"loop": [read, read, read, read, done()], "garbled": ["hmm", "let me think", "ok so", done()],
-         "ok": [done()]},
+        {"loop": [read, read, read, read, done()], "garbled": ["hmm", "let me think", "ok so", done()], "ok": [done()]},
     )
     runner, run_id, tasks = start(ws, script, stuck_repeats=3)
     assert tasks["loop"]["status"] == "failed" and "same action 3 times" in tasks["loop"]["error"]
