@@ -109,6 +109,13 @@ class ScriptedModel:
         self._lock = threading.Lock()
         self.calls: list[list[Message]] = []
 
+    def __getstate__(self) -> dict:  # picklable for Ray workers (each gets its own copy of the script)
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def push(self, *replies: str) -> None:
         with self._lock:
             self._queue.extend(replies)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,13 @@ class TaskScript:
         self.lock = threading.Lock()
         self.calls: list[tuple[str, float]] = []
 
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.lock = threading.Lock()
+
     def __call__(self, messages) -> str:
         first = messages[1]["content"] if len(messages) > 1 else messages[0]["content"]
         m = re.search(r"Your sub-task \((.+?)\):", first)
@@ -83,3 +91,42 @@ def show(ws: Path, ref: str, path: str) -> str:
     return subprocess.run(
         ["git", "-c", "safe.directory=*", "show", f"{ref}:{path}"], cwd=ws, capture_output=True, text=True, check=True
     ).stdout
+
+
+class FakeOpenAI:
+    """A tiny chat-completions server: replies in order; statuses to return first can be queued."""
+
+    def __init__(self, replies=(), statuses=()):
+        self.replies, self.statuses, self.requests = list(replies), list(statuses), []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                status = outer.statuses.pop(0) if outer.statuses else 200
+                text = outer.replies.pop(0) if status == 200 else ""
+                data = (
+                    {
+                        "choices": [{"message": {"role": "assistant", "content": text}}],
+                        "usage": {"prompt_tokens": 7, "completion_tokens": 3},
+                    }
+                    if status == 200
+                    else {"error": {"message": "nope"}}
+                )
+                raw = json.dumps(data).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
