@@ -48,7 +48,7 @@ class Agent:
 DEFAULT_AGENTS = (
     Agent("architect", "System Architect", ("design", "docs"), ("read_file", "list_files", "search", "write_file")),
     Agent("developer", "Software Engineer", ("python", "backend", "cli", "refactor"), max_concurrent=2),
-    Agent("tester", "QA Engineer", ("testing", "pytest", "python"), max_concurrent=2),
+    Agent("tester", "QA Engineer", ("testing", "pytest"), max_concurrent=2),
 )
 
 
