@@ -1,0 +1,293 @@
+"""Triton MSA prefill block selection (msa.md "Prefill" steps 1-3) for every (query block, KV head) of a batch.
+
+Never materialises the (n/S)^2 block-score matrix: a program takes BLOCK_Q consecutive query blocks of one sequence
+and one KV head (rows = BLOCK_Q x G query heads, so summary loads are shared) and streams over the candidate blocks
+twice: pass 1 gets each head's log-sum-exp over the candidates, pass 2 scores sum_g exp(s_g - lse_g) and keeps a
+running top-k per query block by bitonic merging (score, block id) packed into int64 keys.
+NOTE: the scoring dot runs on tensor cores with the mean query rounded to the cache dtype (the reference keeps it in
+float32), so near-ties may resolve differently; with a float32 cache it is exact.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from m3.kernels.paged_ref import num_selected, prefill_query_blocks, query_block_counts, segment_rows
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _dot(a, b, IS_FP32: tl.constexpr):
+    # float32 operands: exact IEEE products (tf32 would change the selection and the flash-attention bar)
+    if IS_FP32:
+        out = tl.dot(a, b, input_precision="ieee")
+    else:
+        out = tl.dot(a, b)
+    return out
+
+
+@triton.jit
+def _summary_logits(
+    qa, qb, KMEAN, KMIN, KMAX, bt_row, j, jm, h, d, dm,
+    stride_sb, stride_sh,
+    IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr,
+):  # fmt: skip
+    """Raw block logits (rows, BLOCK_N) of query rows against the summaries of logical blocks j (masked by jm)."""
+    phys = tl.load(bt_row + j, mask=jm, other=0).to(tl.int64)
+    offs = phys[:, None] * stride_sb + h * stride_sh + d[None, :]
+    mask = jm[:, None] & dm[None, :]
+    if IS_BOUND:
+        # sum_d max(q_d*a_d, q_d*b_d) = max(q,0).kmax + min(q,0).kmin (msa.md): two dot products
+        kx = tl.load(KMAX + offs, mask=mask, other=0.0)
+        kn = tl.load(KMIN + offs, mask=mask, other=0.0)
+        s = _dot(qa, tl.trans(kx), IS_FP32) + _dot(qb, tl.trans(kn), IS_FP32)
+    else:
+        km = tl.load(KMEAN + offs, mask=mask, other=0.0)
+        s = _dot(qa, tl.trans(km), IS_FP32)
+    return s
+
+
+@triton.jit
+def _pack_keys(p, j, valid):
+    """(score >= 0, block id) -> int64 keys ordered by score then id; -1 where invalid."""
+    bits = p.to(tl.int32, bitcast=True).to(tl.int64)
+    return tl.where(valid, (bits << 32) | j.to(tl.int64), -1)
+
+
+@triton.jit
+def _low_ids(keys):
+    return (keys - ((keys >> 32) << 32)).to(tl.int32)
+
+
+@triton.jit
+def _qbar_kernel(
+    Q, QBAR, QB_SEQ, QB_ID, CU_Q, Q_START, SEQ_LENS,
+    stride_qt, stride_qh, stride_bq, stride_bh,
+    dense_below, head_dim,
+    S: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    w = tl.program_id(0)
+    hq = tl.program_id(1)
+    b = tl.load(QB_SEQ + w)
+    if b < 0:
+        return
+    i = tl.load(QB_ID + w)
+    q_start = tl.load(Q_START + b)
+    cu = tl.load(CU_Q + b)
+    lo = tl.maximum(q_start, i * S)
+    hi = tl.minimum(tl.load(SEQ_LENS + b), i * S + S)
+    # the block is scored with its MSA tokens (position >= dense_below); with none, all (the selection is unused)
+    lo_msa = tl.maximum(lo, dense_below)
+    lo = tl.where(lo_msa < hi, lo_msa, lo)
+    d = tl.arange(0, BLOCK_D)
+    dm = d < head_dim
+    acc = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
+    for t0 in range(lo, hi, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        tok = (cu - q_start + t).to(tl.int64)
+        x = tl.load(Q + tok[:, None] * stride_qt + hq * stride_qh + d[None, :], mask=(t < hi)[:, None] & dm[None, :])
+        acc += x.to(tl.float32)
+    qbar = tl.sum(acc, axis=0) / (hi - lo).to(tl.float32)
+    tl.store(QBAR + w.to(tl.int64) * stride_bq + hq * stride_bh + d, qbar, mask=dm)
+
+
+@triton.jit
+def _select_kernel(
+    QBAR, KMEAN, KMIN, KMAX, BT, SEL, TILE_SEQ, TILE_W0, QB_SEQ, QB_ID,
+    stride_bq, stride_bh, stride_sb, stride_sh, stride_bt, stride_selq, stride_selh,
+    num_rows, head_dim, qk_scale,
+    G: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, TOPK: tl.constexpr, NUM_SEL: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_SEL: tl.constexpr, BLOCK_D: tl.constexpr, IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.load(TILE_SEQ + pid)
+    if b < 0:
+        return
+    w0 = tl.load(TILE_W0 + pid)
+    bt_row = BT + b.to(tl.int64) * stride_bt
+    # -- the tile: BLOCK_Q consecutive query blocks of sequence b; candidates of block i are SINK <= j < i - WINDOW --
+    wq = w0 + tl.arange(0, BLOCK_Q)
+    ok_q = tl.load(QB_SEQ + wq, mask=wq < num_rows, other=-1) == b
+    i_q = tl.load(QB_ID + wq, mask=ok_q, other=0)
+    hi_q = tl.where(ok_q, i_q - WINDOW, SINK)
+    # rows r = q * BLOCK_G + g: the G query heads of each query block (padded to BLOCK_G)
+    r = tl.arange(0, BLOCK_Q * BLOCK_G)
+    wr = w0 + r // BLOCK_G
+    g = r % BLOCK_G
+    ok_r = (tl.load(QB_SEQ + wr, mask=wr < num_rows, other=-1) == b) & (g < G)
+    hi_r = tl.where(ok_r, tl.load(QB_ID + wr, mask=ok_r, other=0) - WINDOW, SINK)
+    d = tl.arange(0, BLOCK_D)
+    dm = d < head_dim
+    qbar = tl.load(
+        QBAR + wr.to(tl.int64)[:, None] * stride_bq + (h * G + g)[:, None] * stride_bh + d[None, :],
+        mask=ok_r[:, None] & dm[None, :],
+        other=0.0,
+    )  # (BLOCK_Q * BLOCK_G, BLOCK_D) float32
+    if IS_BOUND:
+        qa = tl.maximum(qbar, 0.0).to(KMAX.dtype.element_ty)
+        qb = tl.minimum(qbar, 0.0).to(KMIN.dtype.element_ty)
+    else:
+        qa = qbar.to(KMEAN.dtype.element_ty)
+        qb = qa
+    j_hi = tl.max(hi_q)
+    n_chunks = tl.cdiv(tl.maximum(j_hi - SINK, 0), BLOCK_N)
+    if TOPK == 0:
+        n_chunks = n_chunks * 0
+    # -- pass 1: each row's log-sum-exp over its candidates (log2 domain) --
+    m = tl.full([BLOCK_Q * BLOCK_G], -1.0e30, tl.float32)
+    l = tl.zeros([BLOCK_Q * BLOCK_G], tl.float32)
+    for c in range(0, n_chunks):
+        # NOTE: chunks stream from the most recent candidate back, so the running top-k fills early with likely winners
+        j = j_hi - (c + 1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        jm = j >= SINK
+        s = _summary_logits(qa, qb, KMEAN, KMIN, KMAX, bt_row, j, jm, h, d, dm, stride_sb, stride_sh, IS_BOUND, IS_FP32)
+        s = tl.where(jm[None, :] & (j[None, :] < hi_r[:, None]), s * qk_scale, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        l = l * tl.math.exp2(m - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), axis=1)
+        m = m_new
+    lse = m + tl.math.log2(l)
+    # -- pass 2: probabilities summed over the group, streaming top-k per query block --
+    run = tl.full([BLOCK_Q, BLOCK_K], -1, tl.int64)  # sorted descending
+    for c in range(0, n_chunks):
+        j = j_hi - (c + 1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        jm = j >= SINK
+        s = _summary_logits(qa, qb, KMEAN, KMIN, KMAX, bt_row, j, jm, h, d, dm, stride_sb, stride_sh, IS_BOUND, IS_FP32)
+        valid_r = jm[None, :] & (j[None, :] < hi_r[:, None])
+        p = tl.where(valid_r, tl.math.exp2(s * qk_scale - lse[:, None]), 0.0)
+        pq = tl.sum(tl.reshape(p, [BLOCK_Q, BLOCK_G, BLOCK_N]), axis=1)  # (BLOCK_Q, BLOCK_N)
+        key = _pack_keys(pq, j[None, :], jm[None, :] & (j[None, :] < hi_q[:, None]))
+        if tl.max((tl.max(key, axis=1) > tl.min(run, axis=1)).to(tl.int32)) > 0:
+            # -- merge: the chunk's best BLOCK_K ascending against the running set descending; the elementwise max
+            # of the two is the best BLOCK_K of their union (bitonic half-cleaner) --
+            srt = tl.sort(key, dim=1)
+            top = tl.max(tl.reshape(srt, [BLOCK_Q, BLOCK_N // BLOCK_K, BLOCK_K]), axis=1)
+            run = tl.sort(tl.maximum(run, top), dim=1, descending=True)
+    # -- chosen blocks: the best TOPK, as ascending ids --
+    rank = tl.arange(0, BLOCK_K)
+    chosen = (rank[None, :] < TOPK) & (run >= 0)
+    ids = tl.sort(tl.where(chosen, _low_ids(run), 2147483647), dim=1)
+    n_ch = tl.sum(chosen.to(tl.int32), axis=1)
+    # -- pack the row: sinks, chosen, window, current block, -1 padding (ascending ids) --
+    n_sink = tl.minimum(i_q, SINK)
+    w_lo = tl.maximum(i_q - WINDOW, SINK)
+    n_win = tl.maximum(i_q - w_lo, 0)
+    a = n_sink + n_ch
+    pos = tl.arange(0, BLOCK_SEL)[None, :]
+    forced = tl.where(
+        pos < n_sink[:, None],
+        pos,
+        tl.where(
+            pos < (a + n_win)[:, None],
+            w_lo[:, None] + pos - a[:, None],
+            tl.where(pos == (a + n_win)[:, None], i_q[:, None], -1),
+        ),
+    )
+    row = SEL + wq.to(tl.int64)[:, None] * stride_selq + h * stride_selh
+    in_chosen = (pos >= n_sink[:, None]) & (pos < a[:, None])
+    tl.store(row + pos, forced, mask=ok_q[:, None] & (pos < NUM_SEL) & ~in_chosen)
+    kk = tl.arange(0, BLOCK_K)[None, :]
+    tl.store(row + n_sink[:, None] + kk, ids, mask=ok_q[:, None] & (kk < n_ch[:, None]))
+
+
+def _check_summaries(kmean, kmin, kmax, score: str):
+    assert score in ("bound", "mean"), score
+    if score == "bound":
+        assert kmin is not None and kmax is not None, "score='bound' needs kmin and kmax"
+        assert kmin.shape == kmax.shape == kmean.shape and kmin.dtype == kmax.dtype == kmean.dtype
+        assert kmin.stride() == kmax.stride() == kmean.stride()
+    assert kmean.dim() == 3 and kmean.stride(-1) == 1
+    kmin = kmean if kmin is None else kmin
+    kmax = kmean if kmax is None else kmax
+    return kmin, kmax
+
+
+def select_config(group: int, topk_blocks: int) -> dict:
+    """Tile sizes of the selection kernel: ~128 rows (query blocks x padded group) share each summary load."""
+    block_g = triton.next_power_of_2(group)
+    block_k = triton.next_power_of_2(max(topk_blocks, 1))
+    block_q = max(1, min(32, 128 // block_g))
+    return dict(BLOCK_Q=block_q, BLOCK_N=max(64, block_k), num_warps=8 if block_q * block_g >= 128 else 4, num_stages=2)
+
+
+def prefill_select_rows(
+    q, kmean, kmin, kmax, block_tables, cu_seqlens_q, q_start, seq_lens, qb_seq, qb_ids, *,
+    block_size: int, sink_blocks: int, window_blocks: int, topk_blocks: int, score: str, dense_below: int,
+    config: dict | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """msa_prefill_select over a precomputed query-block table (qb_seq, qb_ids) from prefill_query_blocks."""
+    num_tokens, num_heads, head_dim = q.shape
+    num_blocks, num_kv_heads, _ = kmean.shape
+    group = num_heads // num_kv_heads
+    kmin, kmax = _check_summaries(kmean, kmin, kmax, score)
+    assert num_heads == group * num_kv_heads and kmean.shape[2] == head_dim and q.stride(-1) == 1
+    assert q.dtype in (torch.float16, torch.bfloat16, torch.float32) and kmean.dtype == q.dtype
+    assert block_tables.dtype == torch.int32 and block_tables.stride(-1) == 1
+    assert cu_seqlens_q.dtype == q_start.dtype == seq_lens.dtype == torch.int32
+    assert block_size & (block_size - 1) == 0, "block_size must be a power of two"
+    num_rows = qb_seq.shape[0]
+    num_sel = num_selected(sink_blocks, window_blocks, topk_blocks)
+    sel = torch.full((num_rows, num_kv_heads, num_sel), -1, dtype=torch.int32, device=q.device)
+    if num_rows == 0 or num_tokens == 0:
+        return sel
+    block_d = triton.next_power_of_2(head_dim)
+    # -- per query block, the mean query of each head --
+    qbar = torch.empty(num_rows, num_heads, head_dim, dtype=torch.float32, device=q.device)
+    _qbar_kernel[(num_rows, num_heads)](
+        q, qbar, qb_seq, qb_ids, cu_seqlens_q, q_start, seq_lens,
+        q.stride(0), q.stride(1), qbar.stride(0), qbar.stride(1),
+        dense_below, head_dim,
+        S=block_size, BLOCK_T=min(64, triton.next_power_of_2(block_size)), BLOCK_D=block_d,
+    )  # fmt: skip
+    # -- tiles of BLOCK_Q consecutive query blocks of one sequence, built on the device (no sync) --
+    cfg = {**select_config(group, topk_blocks), **(config or {})}
+    block_q = cfg.pop("BLOCK_Q")
+    counts = query_block_counts(q_start, seq_lens, block_size)
+    num_tiles = triton.cdiv(num_rows, block_q) + q_start.shape[0]
+    tile_seq, tile_idx = segment_rows((counts + block_q - 1) // block_q, num_tiles)
+    row_start = torch.cumsum(counts, 0) - counts
+    tile_w0 = torch.where(tile_seq >= 0, row_start[tile_seq.clamp(min=0).long()] + tile_idx * block_q, -1).int()
+    _select_kernel[(num_tiles, num_kv_heads)](
+        qbar, kmean, kmin, kmax, block_tables, sel, tile_seq, tile_w0, qb_seq, qb_ids,
+        qbar.stride(0), qbar.stride(1), kmean.stride(0), kmean.stride(1), block_tables.stride(0),
+        sel.stride(0), sel.stride(1),
+        num_rows, head_dim, LOG2E / head_dim**0.5,
+        G=group, SINK=sink_blocks, WINDOW=window_blocks, TOPK=topk_blocks, NUM_SEL=num_sel,
+        BLOCK_G=triton.next_power_of_2(group), BLOCK_Q=block_q, BLOCK_K=triton.next_power_of_2(max(topk_blocks, 1)),
+        BLOCK_SEL=triton.next_power_of_2(num_sel), BLOCK_D=block_d, IS_BOUND=score == "bound",
+        IS_FP32=q.dtype == torch.float32, **cfg,
+    )  # fmt: skip
+    return sel
+
+
+def msa_prefill_select(
+    q: torch.Tensor,
+    kmean: torch.Tensor,
+    kmin: torch.Tensor | None,
+    kmax: torch.Tensor | None,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    q_start: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    block_size: int,
+    sink_blocks: int,
+    window_blocks: int,
+    topk_blocks: int,
+    score: str,
+    dense_below: int,
+) -> torch.Tensor:
+    """Selection rows of every query block of a prefill step (twin of paged_ref.msa_prefill_select_ref).
+
+    q: (T, H, D) post-RoPE; kmean/kmin/kmax: (NB, Hkv, D) summaries of full blocks; block_tables: (B, max_blocks)
+    int32; cu_seqlens_q: (B+1,), q_start, seq_lens: (B,) int32. Returns sel (Qmax, Hkv, K) int32, row w for the query
+    block (qb_seq[w], qb_ids[w]) of paged_ref.prefill_query_blocks, logical ids ascending, -1 padded.
+    """
+    qb_seq, qb_ids = prefill_query_blocks(q.shape[0], q_start, seq_lens, block_size)
+    return prefill_select_rows(
+        q, kmean, kmin, kmax, block_tables, cu_seqlens_q, q_start, seq_lens, qb_seq, qb_ids,
+        block_size=block_size, sink_blocks=sink_blocks, window_blocks=window_blocks, topk_blocks=topk_blocks,
+        score=score, dense_below=dense_below,
+    )  # fmt: skip

@@ -1,0 +1,326 @@
+"""Batched paged MSA references: the CPU path of the engine and the executable spec of the Triton launchers.
+
+Every public function has the signature of its Triton twin (msa_select.py, msa_prefill.py, msa_decode.py) and is
+built by gathering each sequence's blocks through its block table and calling the per-sequence refs. The metadata
+helpers here (query-block table, sizes) are shared with the launchers, so both index the same rows.
+Remap positions (msa.md) are not handled by these wrappers (v1): positions must be "true".
+"""
+
+import torch
+
+from m3.kernels.msa_attention_ref import dense_attention_ref, sparse_attention_ref
+from m3.kernels.msa_select_ref import select_blocks_ref
+
+
+def num_selected(sink_blocks: int, window_blocks: int, topk_blocks: int) -> int:
+    """K: width of a selection row (sinks + window + current block + top-k)."""
+    return sink_blocks + window_blocks + 1 + topk_blocks
+
+
+def num_decode_pages(
+    block_size: int, sink_blocks: int, window_blocks: int, topk_blocks: int, dense_below: int, max_blocks: int
+) -> int:
+    """KD: width of a decode page list, big enough for an MSA selection or for every block of a dense sequence."""
+    dense_pages = min(max(0, (dense_below + block_size - 1) // block_size), max_blocks)
+    return max(num_selected(sink_blocks, window_blocks, topk_blocks), dense_pages)
+
+
+def max_query_blocks(num_tokens: int, num_seqs: int, block_size: int) -> int:
+    """Upper bound on the query blocks of a step, from shapes only (no device sync): each sequence adds at most one
+    block more than its tokens fill, plus one for an unaligned start."""
+    return num_tokens // block_size + 2 * num_seqs
+
+
+def query_block_counts(q_start: torch.Tensor, seq_lens: torch.Tensor, block_size: int) -> torch.Tensor:
+    """(B,) number of query blocks (absolute position // S) each sequence's query tokens touch."""
+    first = torch.div(q_start, block_size, rounding_mode="floor")
+    last = torch.div(seq_lens - 1, block_size, rounding_mode="floor")
+    return torch.where(seq_lens > q_start, last - first + 1, torch.zeros_like(first)).long()
+
+
+def segment_rows(counts: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows 0..num_rows-1 laid out as consecutive segments of `counts` (B,): (segment, offset) of each row, -1 past
+    the end. Device-side torch only, so it needs no host sync (and can sit in a CUDA graph)."""
+    cum = torch.cumsum(counts, 0)  # (B,) int64
+    rows = torch.arange(num_rows, device=counts.device)
+    seg = torch.searchsorted(cum, rows, right=True)
+    valid = seg < counts.shape[0]
+    seg_c = seg.clamp(max=max(counts.shape[0] - 1, 0))
+    offset = rows - (cum[seg_c] - counts[seg_c])
+    return torch.where(valid, seg, -1).int(), torch.where(valid, offset, -1).int()
+
+
+def prefill_query_blocks(
+    num_tokens: int, q_start: torch.Tensor, seq_lens: torch.Tensor, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query-block table of a step: qb_seq, qb_ids (Qmax,) int32 = sequence and absolute block index of each
+    selection row, -1 padded; rows of one sequence are consecutive and ascending. Qmax = max_query_blocks(...)."""
+    num_rows = max_query_blocks(num_tokens, q_start.shape[0], block_size)
+    counts = query_block_counts(q_start, seq_lens, block_size)
+    seq, offset = segment_rows(counts, num_rows)
+    first = torch.div(q_start, block_size, rounding_mode="floor")
+    ids = torch.where(seq >= 0, first[seq.clamp(min=0).long()] + offset, -1)
+    return seq, ids.int()
+
+
+def _seq_kv(k_cache, v_cache, block_tables, b: int, seq_len: int):
+    bs = k_cache.shape[1]
+    table = block_tables[b, : (seq_len + bs - 1) // bs].long()
+    return k_cache[table].flatten(0, 1)[:seq_len], v_cache[table].flatten(0, 1)[:seq_len]  # (L, Hkv, D)
+
+
+def _summaries(kmean, kmin, kmax, block_tables, b: int, num_full: int):
+    table = block_tables[b, :num_full].long()
+    return [None if s is None else s[table] for s in (kmean, kmin, kmax)]  # (N, Hkv, D) in logical order
+
+
+# -- prefill --
+
+
+def msa_prefill_select_ref(
+    q: torch.Tensor,
+    kmean: torch.Tensor,
+    kmin: torch.Tensor | None,
+    kmax: torch.Tensor | None,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    q_start: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    block_size: int,
+    sink_blocks: int,
+    window_blocks: int,
+    topk_blocks: int,
+    score: str,
+    dense_below: int,
+) -> torch.Tensor:
+    """Selection rows of every query block of a prefill step. Returns sel (Qmax, Hkv, K) int32, row w for the query
+    block (qb_seq[w], qb_ids[w]) of prefill_query_blocks, logical block ids ascending, -1 padded.
+
+    The block's scoring query is the mean of its query tokens in this step at positions >= dense_below (all of them
+    if there are none: such a block attends densely and its selection is unused).
+    """
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads = kmean.shape[1]
+    qb_seq, _ = prefill_query_blocks(num_tokens, q_start, seq_lens, block_size)
+    sel = torch.full(
+        (qb_seq.shape[0], num_kv_heads, num_selected(sink_blocks, window_blocks, topk_blocks)),
+        -1,
+        dtype=torch.int32,
+        device=q.device,
+    )
+    cu, starts, lens = cu_seqlens_q.tolist(), q_start.tolist(), seq_lens.tolist()
+    for b in range(len(starts)):
+        n = cu[b + 1] - cu[b]
+        if n == 0:
+            continue
+        pos = torch.arange(starts[b], starts[b] + n, device=q.device)
+        blk = torch.div(pos, block_size, rounding_mode="floor")
+        ids, inverse = torch.unique_consecutive(blk, return_inverse=True)
+        weight = (pos >= dense_below).float()
+        # a block with no MSA token is scored on all its tokens (its selection is unused)
+        has_msa = torch.zeros(len(ids), device=q.device).index_add_(0, inverse, weight) > 0
+        weight = torch.where(has_msa[inverse], weight, 1.0)
+        qsum = torch.zeros(len(ids), num_heads, head_dim, device=q.device)
+        qsum.index_add_(0, inverse, q[cu[b] : cu[b + 1]].float() * weight[:, None, None])
+        cnt = torch.zeros(len(ids), device=q.device).index_add_(0, inverse, weight)
+        qbar = qsum / cnt[:, None, None]  # (Q, H, D)
+        sums = _summaries(kmean, kmin, kmax, block_tables, b, lens[b] // block_size)
+        rows = (qb_seq == b).nonzero().squeeze(1)
+        assert rows.numel() == len(ids)
+        sel[rows] = select_blocks_ref(
+            qbar, ids, *sums, sink_blocks=sink_blocks, window_blocks=window_blocks, topk_blocks=topk_blocks, score=score
+        ).int()
+    return sel
+
+
+def msa_prefill_sparse_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    q_start: torch.Tensor,
+    seq_lens: torch.Tensor,
+    sel: torch.Tensor,
+    *,
+    dense_below: int,
+) -> torch.Tensor:
+    """Attention of a prefill step given its selection: exact dense causal for tokens at positions < dense_below,
+    block-sparse over sel (Qmax, Hkv, K) otherwise. q (T, H, D) -> o (T, H, D) in q's dtype (math in float32)."""
+    block_size = k_cache.shape[1]
+    out = torch.zeros_like(q)
+    qb_seq, qb_ids = prefill_query_blocks(q.shape[0], q_start, seq_lens, block_size)
+    cu, starts, lens = cu_seqlens_q.tolist(), q_start.tolist(), seq_lens.tolist()
+    for b in range(len(starts)):
+        n = cu[b + 1] - cu[b]
+        if n == 0:
+            continue
+        k, v = _seq_kv(k_cache, v_cache, block_tables, b, lens[b])
+        pos = torch.arange(starts[b], starts[b] + n, device=q.device)
+        qb = q[cu[b] : cu[b + 1]]
+        o = torch.empty_like(qb)
+        dense = pos < dense_below
+        if dense.any():
+            o[dense] = dense_attention_ref(qb[dense], pos[dense], k, v)
+        if (~dense).any():
+            rows = (qb_seq == b).nonzero().squeeze(1)
+            ids = qb_ids[rows].long()
+            pos_s = pos[~dense]
+            used = torch.isin(ids, torch.div(pos_s, block_size, rounding_mode="floor"))
+            o[~dense] = sparse_attention_ref(qb[~dense], pos_s, k, v, sel[rows[used]].long(), ids[used], block_size)
+        out[cu[b] : cu[b + 1]] = o
+    return out
+
+
+def msa_prefill_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kmean: torch.Tensor,
+    kmin: torch.Tensor | None,
+    kmax: torch.Tensor | None,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    q_start: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    block_size: int,
+    sink_blocks: int,
+    window_blocks: int,
+    topk_blocks: int,
+    score: str,
+    dense_below: int,
+    positions: str = "true",
+    return_sel: bool = False,
+):
+    """MSA prefill of a batch over the paged cache (selection + attention). Returns o (T, H, D), or (o, sel)."""
+    assert positions == "true", "remap positions are not in the batched paths yet (v1)"
+    assert k_cache.shape[1] == block_size
+    sel = msa_prefill_select_ref(
+        q,
+        kmean,
+        kmin,
+        kmax,
+        block_tables,
+        cu_seqlens_q,
+        q_start,
+        seq_lens,
+        block_size=block_size,
+        sink_blocks=sink_blocks,
+        window_blocks=window_blocks,
+        topk_blocks=topk_blocks,
+        score=score,
+        dense_below=dense_below,
+    )
+    o = msa_prefill_sparse_ref(
+        q, k_cache, v_cache, block_tables, cu_seqlens_q, q_start, seq_lens, sel, dense_below=dense_below
+    )
+    return (o, sel) if return_sel else o
+
+
+# -- decode --
+
+
+def msa_decode_select_ref(
+    q: torch.Tensor,
+    kmean: torch.Tensor,
+    kmin: torch.Tensor | None,
+    kmax: torch.Tensor | None,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    block_size: int,
+    sink_blocks: int,
+    window_blocks: int,
+    topk_blocks: int,
+    score: str,
+    dense_below: int,
+) -> torch.Tensor:
+    """Page list of one decode step: pages (B, Hkv, KD) int32 logical blocks ascending, -1 padded. A sequence whose
+    token sits below dense_below lists all its blocks; one with seq_len <= 0 (padding) lists none."""
+    num_seqs, num_kv_heads = q.shape[0], kmean.shape[1]
+    width = num_decode_pages(block_size, sink_blocks, window_blocks, topk_blocks, dense_below, block_tables.shape[1])
+    pages = torch.full((num_seqs, num_kv_heads, width), -1, dtype=torch.int32, device=q.device)
+    for b, seq_len in enumerate(seq_lens.tolist()):
+        if seq_len <= 0:
+            continue
+        i = (seq_len - 1) // block_size
+        if seq_len - 1 < dense_below:
+            pages[b, :, : i + 1] = torch.arange(i + 1, dtype=torch.int32, device=q.device)
+            continue
+        sums = _summaries(kmean, kmin, kmax, block_tables, b, seq_len // block_size)
+        sel = select_blocks_ref(
+            q[b : b + 1].float(),
+            torch.tensor([i], device=q.device),
+            *sums,
+            sink_blocks=sink_blocks,
+            window_blocks=window_blocks,
+            topk_blocks=topk_blocks,
+            score=score,
+        )  # (1, Hkv, K)
+        pages[b, :, : sel.shape[-1]] = sel[0].int()
+    return pages
+
+
+def msa_decode_sparse_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    pages: torch.Tensor,
+) -> torch.Tensor:
+    """Attention of one query token per sequence over its page list. q (B, H, D) -> o (B, H, D); zeros where
+    seq_len <= 0."""
+    block_size = k_cache.shape[1]
+    out = torch.zeros_like(q)
+    for b, seq_len in enumerate(seq_lens.tolist()):
+        if seq_len <= 0:
+            continue
+        k, v = _seq_kv(k_cache, v_cache, block_tables, b, seq_len)
+        pos = torch.tensor([seq_len - 1], device=q.device)
+        ids = torch.div(pos, block_size, rounding_mode="floor")
+        out[b] = sparse_attention_ref(q[b : b + 1], pos, k, v, pages[b : b + 1].long(), ids, block_size)[0]
+    return out
+
+
+def msa_decode_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kmean: torch.Tensor,
+    kmin: torch.Tensor | None,
+    kmax: torch.Tensor | None,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    block_size: int,
+    sink_blocks: int,
+    window_blocks: int,
+    topk_blocks: int,
+    score: str,
+    dense_below: int,
+    positions: str = "true",
+    return_sel: bool = False,
+):
+    """MSA decode of B sequences, one query token each (at position seq_len - 1, already in the cache).
+    q (B, H, D) -> o (B, H, D), or (o, pages (B, Hkv, KD))."""
+    assert positions == "true", "remap positions are not in the batched paths yet (v1)"
+    assert k_cache.shape[1] == block_size
+    pages = msa_decode_select_ref(
+        q,
+        kmean,
+        kmin,
+        kmax,
+        block_tables,
+        seq_lens,
+        block_size=block_size,
+        sink_blocks=sink_blocks,
+        window_blocks=window_blocks,
+        topk_blocks=topk_blocks,
+        score=score,
+        dense_below=dense_below,
+    )
+    o = msa_decode_sparse_ref(q, k_cache, v_cache, block_tables, seq_lens, pages)
+    return (o, pages) if return_sel else o
