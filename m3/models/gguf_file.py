@@ -42,10 +42,11 @@ def read_field(reader: GGUFReader, key: str, default=None):
 def gguf_args(reader: GGUFReader, path: str) -> ModelArgs:
     arch = read_field(reader, "general.architecture")
     if arch not in GGUF_ARCHITECTURES:
-        raise ValueError(
-            f"{path}: unsupported GGUF architecture {arch!r}; supported: {', '.join(GGUF_ARCHITECTURES)}"
-        )
+        raise ValueError(f"{path}: unsupported GGUF architecture {arch!r}; supported: {', '.join(GGUF_ARCHITECTURES)}")
     tensors = {t.name: t for t in reader.tensors}
+    for name in ("token_embd.weight", "blk.0.attn_q.weight"):
+        if name not in tensors:
+            raise ValueError(f"{path}: GGUF file lacks the tensor {name}")
 
     def key(name, default=None):
         value = read_field(reader, f"{arch}.{name}", default)
@@ -55,10 +56,14 @@ def gguf_args(reader: GGUFReader, path: str) -> ModelArgs:
 
     num_heads = key("attention.head_count")
     # NOTE: the shapes are ggml's (ne0 = input features first); q rows = num_heads * head_dim.
-    head_dim = read_field(reader, f"{arch}.attention.key_length") or int(tensors["blk.0.attn_q.weight"].shape[1]) // num_heads
+    head_dim = (
+        read_field(reader, f"{arch}.attention.key_length") or int(tensors["blk.0.attn_q.weight"].shape[1]) // num_heads
+    )
     rope_dim = read_field(reader, f"{arch}.rope.dimension_count", head_dim)
     if rope_dim != head_dim:
-        raise ValueError(f"{path}: partial rotary embeddings (rope dim {rope_dim} < head_dim {head_dim}) are unsupported")
+        raise ValueError(
+            f"{path}: rope dimension {rope_dim} != head_dim {head_dim}; partial rotary embeddings are unsupported"
+        )
     rope_theta = float(key("rope.freq_base", 10000.0))
     name = str(read_field(reader, "general.name", "")).lower()
     return ModelArgs(
@@ -102,7 +107,7 @@ def gguf_state_dict(reader: GGUFReader, args: ModelArgs, path: str) -> dict[str,
     return state_dict
 
 
-def llama3_rope_factors(head_dim: int, rope_theta: float, scaling: dict) -> torch.Tensor:
+def _llama3_rope_factors(head_dim: int, rope_theta: float, scaling: dict) -> torch.Tensor:
     """The per-frequency divisors llama.cpp's converter stores as `rope_freqs.weight` for Llama-3 scaling. (D/2,)"""
     factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
     old_len = scaling["original_max_position_embeddings"]
@@ -143,7 +148,7 @@ def _rope_scaling(reader: GGUFReader, arch: str, head_dim: int, rope_theta: floa
             "original_max_position_embeddings": int(original or 8192),
         }
         if stored.shape != (head_dim // 2,) or not torch.allclose(
-            stored, llama3_rope_factors(head_dim, rope_theta, scaling), rtol=1e-4
+            stored, _llama3_rope_factors(head_dim, rope_theta, scaling), rtol=1e-4
         ):
             raise ValueError(f"{path}: rope_freqs.weight does not match Llama-3 rope scaling {scaling}")
         return scaling

@@ -106,7 +106,9 @@ def _weight_files(folder: str) -> list[str]:
         files = [os.path.join(folder, s) for s in shards]
         for file in files:
             if not os.path.isfile(file):
-                raise FileNotFoundError(f"{folder}: missing {os.path.basename(file)} (listed in {os.path.basename(index)})")
+                raise FileNotFoundError(
+                    f"{folder}: missing {os.path.basename(file)} (listed in {os.path.basename(index)})"
+                )
         return files
     files = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".safetensors"))
     if not files:
