@@ -77,7 +77,6 @@ def _finish_run(runner, run_id: str, as_json: bool) -> int:
 
 def cmd_run(args) -> int:
     from m3.code.progress import LiveView
-    from m3.code.sandbox import SandboxUnavailable
     from m3.code.scheduler import RunConfig
 
     config = RunConfig(
@@ -89,13 +88,9 @@ def cmd_run(args) -> int:
         test_cmd=args.test_cmd,
     )
     runner = _runner(args, build_model(args))
-    try:
-        with LiveView(runner.store) as view:
-            runner.on_update = view.update
-            run_id = runner.start(args.task, config, run_id=args.run_id)
-    except SandboxUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with LiveView(runner.store) as view:
+        runner.on_update = view.update
+        run_id = runner.start(args.task, config, run_id=args.run_id)
     return _finish_run(runner, run_id, args.json)
 
 
@@ -198,6 +193,21 @@ def cmd_fix(args) -> int:
     return 0 if res.ok else 1
 
 
+def refusing_without_sandbox(func):
+    """Turn a missing bubblewrap into a clear message and exit code 2 instead of a traceback."""
+
+    def wrapped(args) -> int:
+        from m3.code.sandbox import SandboxUnavailable
+
+        try:
+            return func(args)
+        except SandboxUnavailable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
 def add_code_parser(subparsers) -> argparse.ArgumentParser:
     code = subparsers.add_parser("code", help="MiniMax Code: the coding agent cluster")
     sub = code.add_subparsers(dest="code_command", required=True)
@@ -206,7 +216,7 @@ def add_code_parser(subparsers) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         p.add_argument("--workspace", default=".", help="the git repository to work in (created if missing)")
         add_model_args(p)
-        p.set_defaults(func=func)
+        p.set_defaults(func=refusing_without_sandbox(func))
         return p
 
     for name, func, help in (

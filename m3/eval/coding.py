@@ -211,7 +211,7 @@ def cmd_eval(args) -> int:
 
 def add_coding_parsers(eval_subparsers) -> None:
     """Registers `humaneval` and `mbpp` under `m3 eval`."""
-    from m3.code.cli import add_model_args
+    from m3.code.cli import add_model_args, refusing_without_sandbox
 
     for name, help in (("humaneval", "HumanEval (164 problems) pass@k"), ("mbpp", "MBPP pass@k")):
         p = eval_subparsers.add_parser(name, help=help)
@@ -229,4 +229,4 @@ def add_coding_parsers(eval_subparsers) -> None:
         p.add_argument("--out", help="JSON results path (default benchmarks/results/<bench>-<model>-<time>.json)")
         if name == "mbpp":
             p.add_argument("--split", choices=("test", "all"), default="test", help="test = task ids 11-510")
-        p.set_defaults(func=cmd_eval, command_name=name)
+        p.set_defaults(func=refusing_without_sandbox(cmd_eval), command_name=name)

@@ -103,3 +103,15 @@ def test_review_command_over_http(tmp_path, server, capsys):
     assert main(["code", "review", "--workspace", str(ws), "--base-url", server.base_url, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["findings"] == [finding]
     assert "eval(input())" in server.requests[0]["body"]["messages"][0]["content"]
+
+
+def test_cli_refuses_without_bubblewrap(tmp_path, monkeypatch, capsys):
+    from m3.code import sandbox
+
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    ws = make_workspace(tmp_path / "ws")
+    assert main(["code", "run", "x", "--workspace", str(ws), "--base-url", "http://127.0.0.1:9/v1"]) == 2
+    assert "--unsafe-no-sandbox" in capsys.readouterr().err
+    from m3.code.store import Store
+
+    assert Store(ws / ".m3code" / "runs.db").list_runs() == []  # refused before any run was recorded

@@ -114,7 +114,7 @@ def test_cli_prints_a_table_and_writes_json(tmp_path, monkeypatch, capsys):
     coding.add_coding_parsers(parser.add_subparsers(dest="command"))
     out = tmp_path / "he.json"
     args = parser.parse_args(["humaneval", "--limit", "3", "--model", "tiny", "--out", str(out)])
-    assert args.base_url.endswith("/v1") and args.func is coding.cmd_eval
+    assert args.base_url.endswith("/v1") and callable(args.func)
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "humaneval" in printed and "100.0%" in printed
