@@ -39,7 +39,8 @@ def _store_kv_kernel(
 def store_kv(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
 ):
-    """k, v: (T, Hkv, D) new rows; k_cache, v_cache: (NB, S, Hkv, D); slot_mapping: (T,) block * S + offset, -1 = skip."""
+    """k, v: (T, Hkv, D) new rows into k_cache, v_cache: (NB, S, Hkv, D) at slot_mapping: (T,) block * S + offset,
+    -1 = skip."""
     num_tokens, num_kv_heads, head_dim = k.shape
     assert v.shape == k.shape and slot_mapping.shape == (num_tokens,)
     assert k_cache.shape == v_cache.shape and k_cache.shape[2:] == (num_kv_heads, head_dim)

@@ -86,7 +86,9 @@ def _qbar_kernel(
     for t0 in range(lo, hi, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
         tok = (cu - q_start + t).to(tl.int64)
-        x = tl.load(Q + tok[:, None] * stride_qt + hq * stride_qh + d[None, :], mask=(t < hi)[:, None] & dm[None, :])
+        x = tl.load(
+            Q + tok[:, None] * stride_qt + hq * stride_qh + d[None, :], mask=(t < hi)[:, None] & dm[None, :], other=0.0
+        )
         acc += x.to(tl.float32)
     qbar = tl.sum(acc, axis=0) / (hi - lo).to(tl.float32)
     tl.store(QBAR + w.to(tl.int64) * stride_bq + hq * stride_bh + d, qbar, mask=dm)
@@ -138,7 +140,7 @@ def _select_kernel(
         n_chunks = n_chunks * 0
     # -- pass 1: each row's log-sum-exp over its candidates (log2 domain) --
     m = tl.full([BLOCK_Q * BLOCK_G], -1.0e30, tl.float32)
-    l = tl.zeros([BLOCK_Q * BLOCK_G], tl.float32)
+    l_sum = tl.zeros([BLOCK_Q * BLOCK_G], tl.float32)
     for c in range(0, n_chunks):
         # NOTE: chunks stream from the most recent candidate back, so the running top-k fills early with likely winners
         j = j_hi - (c + 1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -146,9 +148,9 @@ def _select_kernel(
         s = _summary_logits(qa, qb, KMEAN, KMIN, KMAX, bt_row, j, jm, h, d, dm, stride_sb, stride_sh, IS_BOUND, IS_FP32)
         s = tl.where(jm[None, :] & (j[None, :] < hi_r[:, None]), s * qk_scale, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=1))
-        l = l * tl.math.exp2(m - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), axis=1)
+        l_sum = l_sum * tl.math.exp2(m - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), axis=1)
         m = m_new
-    lse = m + tl.math.log2(l)
+    lse = m + tl.math.log2(l_sum)
     # -- pass 2: probabilities summed over the group, streaming top-k per query block --
     run = tl.full([BLOCK_Q, BLOCK_K], -1, tl.int64)  # sorted descending
     for c in range(0, n_chunks):

@@ -1,0 +1,400 @@
+"""Triton MSA sparse decode: B sequences of different lengths, one query token each (msa.md "Decode").
+
+Selection in three launches, parallel over candidate splits so one long sequence still fills the GPU: (1) block
+logits of each split + per-split softmax partials, (2) per split, group-summed probabilities and a local top-k,
+(3) merge of the split top-ks into the page list (B, Hkv, KD). Attention is split-KV over only the listed pages,
+then a combine kernel. Every buffer has a size fixed by shapes (B, max_blocks, knobs) and nothing syncs with the
+host, so a decode step can be captured in a CUDA graph; rows with seq_len <= 0 are padding (output zeros).
+"""
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from m3.kernels.msa_select import LOG2E, _check_summaries, _dot, _low_ids, _pack_keys, _summary_logits
+from m3.kernels.paged_ref import num_decode_pages
+
+_SPLIT = 256  # candidate blocks per selection split
+
+
+@triton.jit
+def _decode_scores_kernel(
+    Q, KMEAN, KMIN, KMAX, BT, SEQ_LENS, SC, PM, PL,
+    stride_qb, stride_qh, stride_sb, stride_sh, stride_bt, stride_scb, stride_sch, stride_scg,
+    dense_below, head_dim, qk_scale,
+    G: tl.constexpr, S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, SPLIT: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    c = tl.program_id(2)
+    seq_len = tl.load(SEQ_LENS + b)
+    is_msa = (seq_len > 0) & (seq_len - 1 >= dense_below)
+    i = tl.maximum(seq_len - 1, 0) // S
+    lo = SINK + c * SPLIT
+    end = tl.minimum(i - WINDOW, lo + SPLIT)
+    end = tl.where(is_msa, end, lo)
+    g = tl.arange(0, BLOCK_G)
+    gm = g < G
+    d = tl.arange(0, BLOCK_D)
+    dm = d < head_dim
+    q = tl.load(
+        Q + b.to(tl.int64) * stride_qb + (h * G + g)[:, None] * stride_qh + d[None, :],
+        mask=gm[:, None] & dm[None, :],
+        other=0.0,
+    ).to(tl.float32)
+    if IS_BOUND:
+        qa = tl.maximum(q, 0.0).to(KMAX.dtype.element_ty)
+        qb = tl.minimum(q, 0.0).to(KMIN.dtype.element_ty)
+    else:
+        qa = q.to(KMEAN.dtype.element_ty)
+        qb = qa
+    bt_row = BT + b.to(tl.int64) * stride_bt
+    sc_row = SC + b.to(tl.int64) * stride_scb + h * stride_sch + g[:, None] * stride_scg
+    m = tl.full([BLOCK_G], -1.0e30, tl.float32)
+    l_sum = tl.zeros([BLOCK_G], tl.float32)
+    for j0 in range(lo, end, BLOCK_N):
+        j = j0 + tl.arange(0, BLOCK_N)
+        jm = j < end
+        s = _summary_logits(qa, qb, KMEAN, KMIN, KMAX, bt_row, j, jm, h, d, dm, stride_sb, stride_sh, IS_BOUND, IS_FP32)
+        s = tl.where(jm[None, :], s * qk_scale, float("-inf"))
+        tl.store(sc_row + j[None, :], s, mask=gm[:, None] & jm[None, :])
+        # -- this split's softmax partials per head --
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        l_sum = l_sum * tl.math.exp2(m - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), axis=1)
+        m = m_new
+    part = ((b * tl.num_programs(1) + h) * NUM_SPLITS + c) * BLOCK_G + g
+    tl.store(PM + part, m)
+    tl.store(PL + part, l_sum)
+
+
+@triton.jit
+def _decode_topk_kernel(
+    SC, PM, PL, SEQ_LENS, TK,
+    stride_scb, stride_sch, stride_scg,
+    dense_below,
+    G: tl.constexpr, S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, SPLIT: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, BLOCK_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    c = tl.program_id(2)
+    seq_len = tl.load(SEQ_LENS + b)
+    is_msa = (seq_len > 0) & (seq_len - 1 >= dense_below)
+    i = tl.maximum(seq_len - 1, 0) // S
+    lo = SINK + c * SPLIT
+    end = tl.where(is_msa, tl.minimum(i - WINDOW, lo + SPLIT), lo)
+    bh = b * tl.num_programs(1) + h
+    # -- each head's log-sum-exp over all candidates, from the split partials --
+    cs = tl.arange(0, BLOCK_SPLITS)
+    g = tl.arange(0, BLOCK_G)
+    part = (bh * NUM_SPLITS + cs[:, None]) * BLOCK_G + g[None, :]
+    pm = tl.load(PM + part, mask=cs[:, None] < NUM_SPLITS, other=-1.0e30)
+    pl = tl.load(PL + part, mask=cs[:, None] < NUM_SPLITS, other=0.0)
+    mg = tl.max(pm, axis=0)
+    lse = mg + tl.math.log2(tl.sum(pl * tl.math.exp2(pm - mg[None, :]), axis=0))  # (BLOCK_G,)
+    # -- this split's candidates: probabilities summed over the group, best BLOCK_K kept --
+    jj = lo + tl.arange(0, SPLIT)
+    jm = jj < end
+    valid = (g < G)[:, None] & jm[None, :]
+    sc_row = SC + b.to(tl.int64) * stride_scb + h * stride_sch + g[:, None] * stride_scg
+    s = tl.load(sc_row + jj[None, :], mask=valid, other=float("-inf"))
+    p = tl.where(valid, tl.math.exp2(s - lse[:, None]), 0.0)
+    key = _pack_keys(tl.sum(p, axis=0), jj, jm)
+    top = tl.max(tl.reshape(tl.sort(key), [SPLIT // BLOCK_K, BLOCK_K]), axis=0)  # ascending
+    tl.store(TK + (bh * NUM_SPLITS + c) * BLOCK_K + tl.arange(0, BLOCK_K), top)
+
+
+@triton.jit
+def _decode_pages_kernel(
+    TK, SEQ_LENS, PAGES,
+    stride_pb, stride_ph,
+    dense_below,
+    S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, TOPK: tl.constexpr, NUM_PAGES: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, BLOCK_SPLITS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_PAGES: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    seq_len = tl.load(SEQ_LENS + b)
+    is_active = seq_len > 0
+    is_dense = seq_len - 1 < dense_below
+    i = tl.maximum(seq_len - 1, 0) // S
+    # -- merge the split top-ks: sort all, the last BLOCK_K are the best --
+    bh = b * tl.num_programs(1) + h
+    cs = tl.arange(0, BLOCK_SPLITS)
+    kk = tl.arange(0, BLOCK_K)
+    keys = tl.load(
+        TK + (bh * NUM_SPLITS + cs[:, None]) * BLOCK_K + kk[None, :], mask=cs[:, None] < NUM_SPLITS, other=-1
+    )
+    flat = tl.sort(tl.reshape(keys, [BLOCK_SPLITS * BLOCK_K]))
+    top = tl.max(tl.reshape(flat, [BLOCK_SPLITS, BLOCK_K]), axis=0)  # ascending
+    chosen = (BLOCK_K - 1 - kk < TOPK) & (top >= 0) & is_active & ~is_dense
+    ids = tl.sort(tl.where(chosen, _low_ids(top), 2147483647))
+    n_ch = tl.sum(chosen.to(tl.int32), axis=0)
+    # -- page list: sinks, chosen, window, current block (or every block for a dense sequence) --
+    n_sink = tl.minimum(i, SINK)
+    w_lo = tl.maximum(i - WINDOW, SINK)
+    n_win = tl.maximum(i - w_lo, 0)
+    a = n_sink + n_ch
+    pos = tl.arange(0, BLOCK_PAGES)
+    msa = tl.where(pos < n_sink, pos, tl.where(pos < a + n_win, w_lo + pos - a, tl.where(pos == a + n_win, i, -1)))
+    pages = tl.where(is_dense, tl.where(pos <= i, pos, -1), msa)
+    pages = tl.where(is_active, pages, -1)
+    row = PAGES + b.to(tl.int64) * stride_pb + h * stride_ph
+    in_chosen = (pos >= n_sink) & (pos < a)
+    tl.store(row + pos, pages, mask=(pos < NUM_PAGES) & ~in_chosen)
+    tl.store(row + n_sink + kk, ids, mask=kk < n_ch)
+
+
+@triton.jit
+def _decode_attn_kernel(
+    Q, K_CACHE, V_CACHE, BT, PAGES, SEQ_LENS, PO, PLSE,
+    stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_bt, stride_pb, stride_ph,
+    head_dim, qk_scale,
+    G: tl.constexpr, S: tl.constexpr, NUM_PAGES: tl.constexpr, PAGES_PER_SPLIT: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_PAGES: tl.constexpr, BLOCK_D: tl.constexpr,
+    IS_FP32: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    c = tl.program_id(2)
+    seq_len = tl.load(SEQ_LENS + b)
+    row = PAGES + b.to(tl.int64) * stride_pb + h * stride_ph
+    pv = tl.load(row + tl.arange(0, BLOCK_PAGES), mask=tl.arange(0, BLOCK_PAGES) < NUM_PAGES, other=-1)
+    num_pages = tl.sum((pv >= 0).to(tl.int32), axis=0)
+    start = c * PAGES_PER_SPLIT
+    stop = tl.minimum(start + PAGES_PER_SPLIT, num_pages)
+    g = tl.arange(0, BLOCK_G)
+    gm = g < G
+    d = tl.arange(0, BLOCK_D)
+    dm = d < head_dim
+    q = tl.load(
+        Q + b.to(tl.int64) * stride_qb + (h * G + g)[:, None] * stride_qh + d[None, :],
+        mask=gm[:, None] & dm[None, :],
+        other=0.0,
+    )
+    s_idx = tl.arange(0, S)
+    bt_row = BT + b.to(tl.int64) * stride_bt
+    m_i = tl.full([BLOCK_G], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    for it in range(start, stop):
+        j = tl.load(row + it)
+        phys = tl.load(bt_row + j).to(tl.int64)
+        # NOTE: the current page is partial: keys past seq_len are unwritten (possibly NaN), so zero them
+        kv_ok = j * S + s_idx < seq_len
+        mask = kv_ok[:, None] & dm[None, :]
+        k = tl.load(K_CACHE + phys * stride_kb + s_idx[:, None] * stride_ks + h * stride_kh + d[None, :], mask=mask,
+                    other=0.0)  # fmt: skip
+        v = tl.load(V_CACHE + phys * stride_vb + s_idx[:, None] * stride_vs + h * stride_vh + d[None, :], mask=mask,
+                    other=0.0)  # fmt: skip
+        s = tl.where(kv_ok[None, :], _dot(q, tl.trans(k), IS_FP32) * qk_scale, float("-inf"))
+        # -- online softmax update --
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IS_FP32)
+        m_i = m_new
+    has = l_i > 0
+    o = tl.where(has[:, None], acc / tl.where(has, l_i, 1.0)[:, None], 0.0)
+    lse = tl.where(has, m_i + tl.math.log2(tl.where(has, l_i, 1.0)), float("-inf"))
+    part = (b * tl.num_programs(1) + h) * NUM_SPLITS + c
+    tl.store(PO + (part * BLOCK_G + g)[:, None] * BLOCK_D + d[None, :], o)
+    tl.store(PLSE + part * BLOCK_G + g, lse)
+
+
+@triton.jit
+def _decode_combine_kernel(
+    PO, PLSE, OUT,
+    stride_ob, stride_oh,
+    head_dim,
+    G: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, BLOCK_D)
+    m = tl.full([BLOCK_G], -1.0e30, tl.float32)
+    den = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    for c in range(0, NUM_SPLITS):
+        part = (b * tl.num_programs(1) + h) * NUM_SPLITS + c
+        lse = tl.load(PLSE + part * BLOCK_G + g)
+        po = tl.load(PO + (part * BLOCK_G + g)[:, None] * BLOCK_D + d[None, :])
+        m_new = tl.maximum(m, lse)
+        alpha = tl.math.exp2(m - m_new)
+        wgt = tl.math.exp2(lse - m_new)
+        den = den * alpha + wgt
+        acc = acc * alpha[:, None] + wgt[:, None] * po
+        m = m_new
+    o = tl.where((den > 0)[:, None], acc / tl.where(den > 0, den, 1.0)[:, None], 0.0)
+    o_ptr = OUT + b.to(tl.int64) * stride_ob + (h * G + g)[:, None] * stride_oh + d[None, :]
+    tl.store(o_ptr, o.to(OUT.dtype.element_ty), mask=(g < G)[:, None] & (d < head_dim)[None, :])
+
+
+@functools.lru_cache
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def msa_decode_select(
+    q: torch.Tensor,
+    kmean: torch.Tensor,
+    kmin: torch.Tensor | None,
+    kmax: torch.Tensor | None,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    block_size: int,
+    sink_blocks: int,
+    window_blocks: int,
+    topk_blocks: int,
+    score: str,
+    dense_below: int,
+) -> torch.Tensor:
+    """Page list of one decode step (twin of paged_ref.msa_decode_select_ref).
+
+    q: (B, H, D) post-RoPE; kmean/kmin/kmax (NB, Hkv, D); block_tables (B, max_blocks) int32; seq_lens (B,) int32
+    including the new token. Returns pages (B, Hkv, KD) int32, KD = paged_ref.num_decode_pages(...).
+    """
+    num_seqs, num_heads, head_dim = q.shape
+    num_kv_heads = kmean.shape[1]
+    group = num_heads // num_kv_heads
+    kmin, kmax = _check_summaries(kmean, kmin, kmax, score)
+    assert num_heads == group * num_kv_heads and kmean.shape[2] == head_dim and q.stride(-1) == 1
+    assert q.dtype in (torch.float16, torch.bfloat16, torch.float32) and kmean.dtype == q.dtype
+    assert block_tables.dtype == seq_lens.dtype == torch.int32 and block_tables.stride(-1) == 1
+    max_blocks = block_tables.shape[1]
+    num_pages = num_decode_pages(block_size, sink_blocks, window_blocks, topk_blocks, dense_below, max_blocks)
+    pages = torch.empty(num_seqs, num_kv_heads, num_pages, dtype=torch.int32, device=q.device)
+    if num_seqs == 0:
+        return pages
+    block_g = max(16, triton.next_power_of_2(group))  # rows of the scoring dot: at least 16
+    block_k = triton.next_power_of_2(max(topk_blocks, 1))
+    split = max(_SPLIT, block_k)
+    num_splits = triton.cdiv(max(max_blocks - sink_blocks, 1), split) if topk_blocks > 0 else 0
+    keys = torch.empty(num_seqs, num_kv_heads, max(num_splits, 1), block_k, dtype=torch.int64, device=q.device)
+    if num_splits > 0:
+        scores = torch.empty(num_seqs, num_kv_heads, group, max_blocks, dtype=torch.float32, device=q.device)
+        part_m = torch.empty(num_seqs, num_kv_heads, num_splits, block_g, dtype=torch.float32, device=q.device)
+        part_l = torch.empty_like(part_m)
+        common = dict(
+            G=group, S=block_size, SINK=sink_blocks, WINDOW=window_blocks, SPLIT=split, NUM_SPLITS=num_splits,
+            BLOCK_G=block_g,
+        )  # fmt: skip
+        _decode_scores_kernel[(num_seqs, num_kv_heads, num_splits)](
+            q, kmean, kmin, kmax, block_tables, seq_lens, scores, part_m, part_l,
+            q.stride(0), q.stride(1), kmean.stride(0), kmean.stride(1), block_tables.stride(0),
+            *scores.stride()[:3],
+            dense_below, head_dim, LOG2E / head_dim**0.5,
+            BLOCK_N=64, BLOCK_D=triton.next_power_of_2(head_dim), IS_BOUND=score == "bound",
+            IS_FP32=q.dtype == torch.float32, **common,
+        )  # fmt: skip
+        _decode_topk_kernel[(num_seqs, num_kv_heads, num_splits)](
+            scores, part_m, part_l, seq_lens, keys,
+            *scores.stride()[:3],
+            dense_below,
+            BLOCK_SPLITS=triton.next_power_of_2(num_splits), BLOCK_K=block_k, **common,
+        )  # fmt: skip
+    _decode_pages_kernel[(num_seqs, num_kv_heads)](
+        keys, seq_lens, pages,
+        pages.stride(0), pages.stride(1),
+        dense_below,
+        S=block_size, SINK=sink_blocks, WINDOW=window_blocks, TOPK=topk_blocks, NUM_PAGES=num_pages,
+        NUM_SPLITS=num_splits, BLOCK_SPLITS=triton.next_power_of_2(max(num_splits, 1)), BLOCK_K=block_k,
+        BLOCK_PAGES=triton.next_power_of_2(num_pages),
+    )  # fmt: skip
+    return pages
+
+
+def decode_splits(num_seqs: int, num_kv_heads: int, num_pages: int, device: torch.device) -> tuple[int, int]:
+    """(pages per split, splits) so that B x Hkv x splits programs cover the GPU about twice."""
+    per_seq = max(1, min(num_pages, triton.cdiv(2 * _num_sms(device), max(num_seqs * num_kv_heads, 1))))
+    pages_per_split = triton.cdiv(num_pages, per_seq)
+    return pages_per_split, triton.cdiv(num_pages, pages_per_split)
+
+
+def msa_decode_sparse(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    pages: torch.Tensor,
+) -> torch.Tensor:
+    """Split-KV paged attention of one query token per sequence over its page list (twin of
+    paged_ref.msa_decode_sparse_ref). q (B, H, D), pages (B, Hkv, KD) int32 -> o (B, H, D); zeros where seq_len <= 0."""
+    num_seqs, num_heads, head_dim = q.shape
+    num_blocks, block_size, num_kv_heads, _ = k_cache.shape
+    group = num_heads // num_kv_heads
+    assert num_heads == group * num_kv_heads and k_cache.shape == v_cache.shape and k_cache.shape[3] == head_dim
+    assert q.dtype in (torch.float16, torch.bfloat16, torch.float32) and k_cache.dtype == v_cache.dtype == q.dtype
+    assert q.stride(-1) == k_cache.stride(-1) == v_cache.stride(-1) == 1
+    assert block_size >= 16 and block_size & (block_size - 1) == 0, "block_size must be a power of two >= 16"
+    assert block_tables.dtype == seq_lens.dtype == pages.dtype == torch.int32
+    assert pages.shape[:2] == (num_seqs, num_kv_heads) and pages.stride(-1) == 1
+    o = torch.empty_like(q)
+    if num_seqs == 0:
+        return o
+    num_pages = pages.shape[2]
+    pages_per_split, num_splits = decode_splits(num_seqs, num_kv_heads, num_pages, q.device)
+    block_g = max(16, triton.next_power_of_2(group))  # rows of the dot: at least 16
+    block_d = triton.next_power_of_2(head_dim)
+    part_o = torch.empty(num_seqs, num_kv_heads, num_splits, block_g, block_d, dtype=torch.float32, device=q.device)
+    part_lse = torch.empty(num_seqs, num_kv_heads, num_splits, block_g, dtype=torch.float32, device=q.device)
+    _decode_attn_kernel[(num_seqs, num_kv_heads, num_splits)](
+        q, k_cache, v_cache, block_tables, pages, seq_lens, part_o, part_lse,
+        q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
+        block_tables.stride(0), pages.stride(0), pages.stride(1),
+        head_dim, LOG2E / head_dim**0.5,
+        G=group, S=block_size, NUM_PAGES=num_pages, PAGES_PER_SPLIT=pages_per_split, NUM_SPLITS=num_splits,
+        BLOCK_G=block_g, BLOCK_PAGES=triton.next_power_of_2(num_pages), BLOCK_D=block_d,
+        IS_FP32=q.dtype == torch.float32, num_warps=4, num_stages=2,
+    )  # fmt: skip
+    _decode_combine_kernel[(num_seqs, num_kv_heads)](
+        part_o, part_lse, o, o.stride(0), o.stride(1), head_dim,
+        G=group, NUM_SPLITS=num_splits, BLOCK_G=block_g, BLOCK_D=block_d,
+    )  # fmt: skip
+    return o
+
+
+def msa_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kmean: torch.Tensor,
+    kmin: torch.Tensor | None,
+    kmax: torch.Tensor | None,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    block_size: int,
+    sink_blocks: int,
+    window_blocks: int,
+    topk_blocks: int,
+    score: str,
+    dense_below: int,
+    positions: str = "true",
+    return_sel: bool = False,
+):
+    """MSA decode of B sequences, one query token each at position seq_len - 1 (its K/V already stored).
+
+    q: (B, H, D) post-RoPE; k_cache, v_cache (NB, S, Hkv, D); kmean/kmin/kmax (NB, Hkv, D); block_tables
+    (B, max_blocks) int32; seq_lens (B,) int32, <= 0 marks a padding row. Returns o (B, H, D), or
+    (o, pages (B, Hkv, KD) int32) with return_sel. No host sync: CUDA-graph capturable for fixed B and max_blocks.
+    """
+    assert positions == "true", "remap positions run on the reference path only (v1)"
+    assert k_cache.shape[1] == block_size
+    pages = msa_decode_select(
+        q, kmean, kmin, kmax, block_tables, seq_lens, block_size=block_size, sink_blocks=sink_blocks,
+        window_blocks=window_blocks, topk_blocks=topk_blocks, score=score, dense_below=dense_below,
+    )  # fmt: skip
+    o = msa_decode_sparse(q, k_cache, v_cache, block_tables, seq_lens, pages)
+    return (o, pages) if return_sel else o

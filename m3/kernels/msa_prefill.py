@@ -1,0 +1,241 @@
+"""Triton MSA block-sparse prefill attention over the paged cache (msa.md step 4), selection included.
+
+A program owns BLOCK_M rows of one (query block, KV head): rows are (token, head) pairs of the block's tokens x the G
+query heads of the group (GQA packing: they share one selection, so G = 3-8 fill a tile), and it runs flash-style
+online softmax over the selected pages, causal inside the current block (always last in the ascending selection).
+Varlen batches and chunked prefill against a cached prefix come from the query-block table of paged_ref. Tokens at
+positions < dense_below attend densely (every earlier block; rows of a mixed block past dense_below keep to the
+selection). Remap positions are not supported here (v1): the launcher asserts positions == "true".
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from m3.kernels.msa_select import LOG2E, _dot, prefill_select_rows
+from m3.kernels.paged_ref import prefill_query_blocks
+
+
+@triton.jit
+def _attend_page(
+    acc, m_i, l_i, q, K_CACHE, V_CACHE, bt_row, j, kv_offs, v_offs, stride_kb, stride_vb, qk_scale, mask, kv_ok, dm,
+    MASKED: tl.constexpr, EVEN_D: tl.constexpr, IS_FP32: tl.constexpr,
+):  # fmt: skip
+    """One page (S keys) of online softmax for the tile: acc (M, D), m_i, l_i (M,) in the log2 domain."""
+    phys = tl.load(bt_row + j).to(tl.int64)
+    if MASKED:
+        # NOTE: keys past the sequence end are unwritten (possibly NaN): p = 0 is not enough, v must be zeroed too
+        kmask = kv_ok[:, None] & dm[None, :]
+        k = tl.load(K_CACHE + phys * stride_kb + kv_offs, mask=kmask, other=0.0)
+        v = tl.load(V_CACHE + phys * stride_vb + v_offs, mask=kmask, other=0.0)
+    elif EVEN_D:
+        k = tl.load(K_CACHE + phys * stride_kb + kv_offs)
+        v = tl.load(V_CACHE + phys * stride_vb + v_offs)
+    else:
+        k = tl.load(K_CACHE + phys * stride_kb + kv_offs, mask=dm[None, :], other=0.0)
+        v = tl.load(V_CACHE + phys * stride_vb + v_offs, mask=dm[None, :], other=0.0)
+    s = _dot(q, tl.trans(k), IS_FP32) * qk_scale  # (M, S)
+    if MASKED:
+        s = tl.where(mask, s, float("-inf"))
+    # -- online softmax update --
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IS_FP32)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _prefill_kernel(
+    Q, K_CACHE, V_CACHE, OUT, SEL, BT, QB_SEQ, QB_ID, CU_Q, Q_START, SEQ_LENS,
+    stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_selq, stride_selh, stride_bt,
+    dense_below, head_dim, qk_scale,
+    G: tl.constexpr, S: tl.constexpr, NUM_SEL: tl.constexpr, N_MTILES: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SEL: tl.constexpr, EVEN_D: tl.constexpr,
+    IS_FP32: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    w = pid // N_MTILES
+    mt = pid % N_MTILES
+    b = tl.load(QB_SEQ + w)
+    if b < 0:
+        return
+    i = tl.load(QB_ID + w)
+    q_start = tl.load(Q_START + b)
+    seq_len = tl.load(SEQ_LENS + b)
+    lo = tl.maximum(q_start, i * S)
+    hi = tl.minimum(seq_len, i * S + S)
+    num_rows = (hi - lo) * G
+    if mt * BLOCK_M >= num_rows:
+        return
+    # -- the tile: rows r = token * G + g, token t at position lo + t, query head h * G + g --
+    r = mt * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = r < num_rows
+    t = r // G
+    q_pos = lo + t
+    tok = (tl.load(CU_Q + b) - q_start + q_pos).to(tl.int64)
+    head = h * G + r % G
+    d = tl.arange(0, BLOCK_D)
+    dm = d < head_dim
+    q = tl.load(
+        Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
+        mask=row_ok[:, None] & dm[None, :],
+        other=0.0,
+    )
+    s_idx = tl.arange(0, S)
+    kv_offs = s_idx[:, None] * stride_ks + h * stride_kh + d[None, :]
+    v_offs = s_idx[:, None] * stride_vs + h * stride_vh + d[None, :]
+    bt_row = BT + b.to(tl.int64) * stride_bt
+    sel_row = SEL + w.to(tl.int64) * stride_selq + h * stride_selh
+    all_keys = s_idx >= 0
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if lo < dense_below:
+        # -- dense rows: every block before the current one; MSA rows of a mixed block keep to the selection --
+        is_dense = q_pos < dense_below
+        ptr = i * 0
+        for j in range(0, i):
+            sj = tl.load(sel_row + ptr, mask=ptr < NUM_SEL, other=-1)
+            hit = sj == j
+            ptr += hit.to(tl.int32)
+            allowed = (is_dense | hit)[:, None] & all_keys[None, :]
+            acc, m_i, l_i = _attend_page(
+                acc, m_i, l_i, q, K_CACHE, V_CACHE, bt_row, j, kv_offs, v_offs, stride_kb, stride_vb, qk_scale,
+                allowed, all_keys, dm, True, EVEN_D, IS_FP32,
+            )  # fmt: skip
+    else:
+        # -- selected pages before the current block: fully visible, no mask --
+        sv = tl.load(sel_row + tl.arange(0, BLOCK_SEL), mask=tl.arange(0, BLOCK_SEL) < NUM_SEL, other=-1)
+        num_sel = tl.sum((sv >= 0).to(tl.int32), axis=0)
+        for it in range(0, num_sel - 1):
+            j = tl.load(sel_row + it)
+            acc, m_i, l_i = _attend_page(
+                acc, m_i, l_i, q, K_CACHE, V_CACHE, bt_row, j, kv_offs, v_offs, stride_kb, stride_vb, qk_scale,
+                row_ok[:, None], all_keys, dm, False, EVEN_D, IS_FP32,
+            )  # fmt: skip
+    # -- the current block: token-causal --
+    key_pos = i * S + s_idx
+    acc, m_i, l_i = _attend_page(
+        acc, m_i, l_i, q, K_CACHE, V_CACHE, bt_row, i, kv_offs, v_offs, stride_kb, stride_vb, qk_scale,
+        key_pos[None, :] <= q_pos[:, None], key_pos < seq_len, dm, True, EVEN_D, IS_FP32,
+    )  # fmt: skip
+    o = acc / l_i[:, None]
+    o_ptr = OUT + tok[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
+    tl.store(o_ptr, o.to(OUT.dtype.element_ty), mask=row_ok[:, None] & dm[None, :])
+
+
+def prefill_config(group: int, block_size: int, head_dim: int) -> dict:
+    """BLOCK_M from the rows of a query block (S x G): 128-row tiles unless 64 wastes clearly less padding."""
+    rows = block_size * group
+    if rows <= 64:
+        block_m = max(16, triton.next_power_of_2(rows))
+    else:
+        cost = {bm: triton.cdiv(rows, bm) * bm * (1.25 if bm == 64 else 1.0) for bm in (64, 128)}
+        block_m = min(cost, key=cost.get)
+    return dict(BLOCK_M=block_m, num_warps=8 if block_m >= 128 else 4, num_stages=3 if head_dim <= 128 else 2)
+
+
+def prefill_sparse_rows(
+    q, k_cache, v_cache, block_tables, cu_seqlens_q, q_start, seq_lens, sel, qb_seq, qb_ids, *,
+    dense_below: int, config: dict | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """msa_prefill_sparse over a precomputed query-block table (qb_seq, qb_ids) from prefill_query_blocks."""
+    num_tokens, num_heads, head_dim = q.shape
+    num_blocks, block_size, num_kv_heads, _ = k_cache.shape
+    group = num_heads // num_kv_heads
+    assert num_heads == group * num_kv_heads and k_cache.shape == v_cache.shape and k_cache.shape[3] == head_dim
+    assert q.dtype in (torch.float16, torch.bfloat16, torch.float32) and k_cache.dtype == v_cache.dtype == q.dtype
+    assert q.stride(-1) == k_cache.stride(-1) == v_cache.stride(-1) == 1
+    assert block_size >= 16 and block_size & (block_size - 1) == 0, "block_size must be a power of two >= 16"
+    assert block_tables.dtype == torch.int32 and block_tables.stride(-1) == 1
+    assert cu_seqlens_q.dtype == q_start.dtype == seq_lens.dtype == torch.int32
+    assert sel.shape[:2] == (qb_seq.shape[0], num_kv_heads) and sel.dtype == torch.int32 and sel.stride(-1) == 1
+    o = torch.empty_like(q)
+    if num_tokens == 0:
+        return o
+    cfg = {**prefill_config(group, block_size, head_dim), **(config or {})}
+    n_mtiles = triton.cdiv(block_size * group, cfg["BLOCK_M"])
+    grid = (qb_seq.shape[0] * n_mtiles, num_kv_heads)
+    _prefill_kernel[grid](
+        q, k_cache, v_cache, o, sel, block_tables, qb_seq, qb_ids, cu_seqlens_q, q_start, seq_lens,
+        q.stride(0), q.stride(1), o.stride(0), o.stride(1),
+        *k_cache.stride()[:3], *v_cache.stride()[:3],
+        sel.stride(0), sel.stride(1), block_tables.stride(0),
+        dense_below, head_dim, LOG2E / head_dim**0.5,
+        G=group, S=block_size, NUM_SEL=sel.shape[2], N_MTILES=n_mtiles,
+        BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_SEL=triton.next_power_of_2(sel.shape[2]),
+        EVEN_D=triton.next_power_of_2(head_dim) == head_dim, IS_FP32=q.dtype == torch.float32, **cfg,
+    )  # fmt: skip
+    return o
+
+
+def msa_prefill_sparse(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    q_start: torch.Tensor,
+    seq_lens: torch.Tensor,
+    sel: torch.Tensor,
+    *,
+    dense_below: int,
+) -> torch.Tensor:
+    """Attention of a prefill step given its selection (twin of paged_ref.msa_prefill_sparse_ref).
+
+    q: (T, H, D); k_cache, v_cache: (NB, S, Hkv, D) holding this step's keys already; sel: (Qmax, Hkv, K) int32 from
+    msa_prefill_select. Returns o (T, H, D) in q's dtype.
+    """
+    qb_seq, qb_ids = prefill_query_blocks(q.shape[0], q_start, seq_lens, k_cache.shape[1])
+    return prefill_sparse_rows(
+        q, k_cache, v_cache, block_tables, cu_seqlens_q, q_start, seq_lens, sel, qb_seq, qb_ids,
+        dense_below=dense_below,
+    )  # fmt: skip
+
+
+def msa_prefill_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kmean: torch.Tensor,
+    kmin: torch.Tensor | None,
+    kmax: torch.Tensor | None,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    q_start: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    block_size: int,
+    sink_blocks: int,
+    window_blocks: int,
+    topk_blocks: int,
+    score: str,
+    dense_below: int,
+    positions: str = "true",
+    return_sel: bool = False,
+):
+    """MSA prefill of a batch over the paged cache: selection, then block-sparse attention.
+
+    q: (T, H, D) post-RoPE queries of B sequences (cu_seqlens_q (B+1,), q_start, seq_lens (B,) int32: positions
+    q_start..seq_len-1); k_cache, v_cache: (NB, S, Hkv, D) with this step's rows stored and its full blocks
+    summarised in kmean/kmin/kmax (NB, Hkv, D); block_tables (B, max_blocks) int32.
+    Returns o (T, H, D), or (o, sel (Qmax, Hkv, K) int32) with return_sel.
+    """
+    assert positions == "true", "remap positions run on the reference path only (v1)"
+    assert k_cache.shape[1] == block_size
+    qb_seq, qb_ids = prefill_query_blocks(q.shape[0], q_start, seq_lens, block_size)
+    sel = prefill_select_rows(
+        q, kmean, kmin, kmax, block_tables, cu_seqlens_q, q_start, seq_lens, qb_seq, qb_ids,
+        block_size=block_size, sink_blocks=sink_blocks, window_blocks=window_blocks, topk_blocks=topk_blocks,
+        score=score, dense_below=dense_below,
+    )  # fmt: skip
+    o = prefill_sparse_rows(
+        q, k_cache, v_cache, block_tables, cu_seqlens_q, q_start, seq_lens, sel, qb_seq, qb_ids,
+        dense_below=dense_below,
+    )  # fmt: skip
+    return (o, sel) if return_sel else o
