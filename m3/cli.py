@@ -87,7 +87,8 @@ def cmd_generate(args) -> int:
     engine = LLMEngine(config)
     prompt = args.prompt
     if args.chat:
-        prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+        text = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+        prompt = engine.tokenizer.encode(text, add_special_tokens=False)
     _, tokens, seconds = _stream(engine, prompt, params)
     if args.stats:
         _print_stats(engine, tokens, seconds)
@@ -126,7 +127,8 @@ def cmd_chat(args) -> int:
         if not text:
             continue
         history.append({"role": "user", "content": text})
-        prompt = engine.tokenizer.apply_chat_template(history, add_generation_prompt=True)
+        text = engine.tokenizer.apply_chat_template(history, add_generation_prompt=True)
+        prompt = engine.tokenizer.encode(text, add_special_tokens=False)
         sys.stdout.write("m3> ")
         try:
             reply, tokens, seconds = _stream(engine, prompt, params)
@@ -160,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(chat, Config, "engine (Config)")
     add_dataclass_flags(chat, SamplingParams, "sampling (SamplingParams)", _CLI_SAMPLING_DEFAULTS)
     chat.set_defaults(func=cmd_chat)
+
+    from m3.code.cli import add_code_parser
+    from m3.eval.coding import add_coding_parsers
+
+    add_code_parser(sub)  # m3 code run|resume|status|review|tests|docs|fix
+    eval_parser = sub.add_parser("eval", help="benchmarks: coding (humaneval, mbpp) against any endpoint")
+    add_coding_parsers(eval_parser.add_subparsers(dest="eval_command", required=True))
     return parser
 
 

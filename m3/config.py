@@ -33,7 +33,7 @@ class Config:
     score: str = _f("bound", "block score: bound (Quest-style min/max bound) | mean (mean key)")
     positions: str = _f("auto", "true | remap | auto (remap only past the model's trained length)")
     # -- misc --
-    seed: int = _f(0, "seed for weights-free randomness (sampling without a per-request seed)")
+    sampling_seed: int | None = _f(None, "seed for requests that bring none; default: fresh randomness each run")
 
     def __post_init__(self):
         if isinstance(self.dense_layers, str):

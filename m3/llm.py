@@ -46,5 +46,8 @@ class LLM:
     ) -> list[RequestOutput]:
         """messages: one conversation [{"role", "content"}, ...] or a list of them."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
+        # NOTE: a rendered template already holds its special tokens: encode it without adding BOS again.
+        prompts = [
+            self.tokenizer.encode(self.tokenizer.apply_chat_template(c), add_special_tokens=False) for c in conversations
+        ]
         return self.generate(prompts, params)

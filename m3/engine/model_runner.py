@@ -45,14 +45,17 @@ class ModelRunner:
             )
             for i in range(args.num_layers)
         ]
-        torch.manual_seed(config.seed)
         with torch.device("meta"):
             model = CausalLM(args, msa)
         model = model.to_empty(device=self.device)
         model.load_weights(state_dict)
         self.model = model.to(self.dtype).eval()
         self.sampler = Sampler()
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator()
+        if config.sampling_seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(config.sampling_seed)
         # -- KV cache: remapped positions need raw-key summaries too --
         self.uses_remap = config.attention == "msa" and (
             config.positions == "remap" or (config.positions == "auto" and max_model_len > args.max_position_embeddings)
