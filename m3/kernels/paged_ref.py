@@ -77,6 +77,39 @@ def _summaries(kmean, kmin, kmax, block_tables, b: int, num_full: int):
 # -- prefill --
 
 
+def prefill_qbar_ref(
+    q: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    q_start: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    block_size: int,
+    dense_below: int,
+) -> torch.Tensor:
+    """Scoring query of every selection row: qbar (Qmax, H, D) float32, the mean of the row's query tokens in this
+    step at positions >= dense_below (all of them if there are none: that block attends densely, its selection is
+    unused). Rows past the table are zero."""
+    num_tokens, num_heads, head_dim = q.shape
+    qb_seq, qb_ids = prefill_query_blocks(num_tokens, q_start, seq_lens, block_size)
+    qbar = torch.zeros(qb_seq.shape[0], num_heads, head_dim, dtype=torch.float32, device=q.device)
+    cu, starts = cu_seqlens_q.tolist(), q_start.tolist()
+    for b in range(len(starts)):
+        n = cu[b + 1] - cu[b]
+        if n == 0:
+            continue
+        pos = torch.arange(starts[b], starts[b] + n, device=q.device)
+        rows = (qb_seq == b).nonzero().squeeze(1)
+        row = torch.div(pos, block_size, rounding_mode="floor") - qb_ids[rows[0]]  # (n,) row of each token
+        weight = (pos >= dense_below).float()
+        has_msa = torch.zeros(len(rows), device=q.device).index_add_(0, row, weight) > 0
+        weight = torch.where(has_msa[row], weight, 1.0)
+        qsum = torch.zeros(len(rows), num_heads, head_dim, device=q.device)
+        qsum.index_add_(0, row, q[cu[b] : cu[b + 1]].float() * weight[:, None, None])
+        cnt = torch.zeros(len(rows), device=q.device).index_add_(0, row, weight)
+        qbar[rows] = qsum / cnt[:, None, None]
+    return qbar
+
+
 def msa_prefill_select_ref(
     q: torch.Tensor,
     kmean: torch.Tensor,
@@ -95,42 +128,22 @@ def msa_prefill_select_ref(
     dense_below: int,
 ) -> torch.Tensor:
     """Selection rows of every query block of a prefill step. Returns sel (Qmax, Hkv, K) int32, row w for the query
-    block (qb_seq[w], qb_ids[w]) of prefill_query_blocks, logical block ids ascending, -1 padded.
-
-    The block's scoring query is the mean of its query tokens in this step at positions >= dense_below (all of them
-    if there are none: such a block attends densely and its selection is unused).
-    """
-    num_tokens, num_heads, head_dim = q.shape
+    block (qb_seq[w], qb_ids[w]) of prefill_query_blocks, logical block ids ascending, -1 padded; scored with
+    prefill_qbar_ref."""
     num_kv_heads = kmean.shape[1]
-    qb_seq, _ = prefill_query_blocks(num_tokens, q_start, seq_lens, block_size)
-    sel = torch.full(
-        (qb_seq.shape[0], num_kv_heads, num_selected(sink_blocks, window_blocks, topk_blocks)),
-        -1,
-        dtype=torch.int32,
-        device=q.device,
-    )
-    cu, starts, lens = cu_seqlens_q.tolist(), q_start.tolist(), seq_lens.tolist()
-    for b in range(len(starts)):
-        n = cu[b + 1] - cu[b]
-        if n == 0:
-            continue
-        pos = torch.arange(starts[b], starts[b] + n, device=q.device)
-        blk = torch.div(pos, block_size, rounding_mode="floor")
-        ids, inverse = torch.unique_consecutive(blk, return_inverse=True)
-        weight = (pos >= dense_below).float()
-        # a block with no MSA token is scored on all its tokens (its selection is unused)
-        has_msa = torch.zeros(len(ids), device=q.device).index_add_(0, inverse, weight) > 0
-        weight = torch.where(has_msa[inverse], weight, 1.0)
-        qsum = torch.zeros(len(ids), num_heads, head_dim, device=q.device)
-        qsum.index_add_(0, inverse, q[cu[b] : cu[b + 1]].float() * weight[:, None, None])
-        cnt = torch.zeros(len(ids), device=q.device).index_add_(0, inverse, weight)
-        qbar = qsum / cnt[:, None, None]  # (Q, H, D)
-        sums = _summaries(kmean, kmin, kmax, block_tables, b, lens[b] // block_size)
+    qb_seq, qb_ids = prefill_query_blocks(q.shape[0], q_start, seq_lens, block_size)
+    qbar = prefill_qbar_ref(q, cu_seqlens_q, q_start, seq_lens, block_size=block_size, dense_below=dense_below)
+    sel = torch.full((qb_seq.shape[0], num_kv_heads, num_selected(sink_blocks, window_blocks, topk_blocks)), -1,
+                     dtype=torch.int32, device=q.device)  # fmt: skip
+    for b, seq_len in enumerate(seq_lens.tolist()):
         rows = (qb_seq == b).nonzero().squeeze(1)
-        assert rows.numel() == len(ids)
+        if rows.numel() == 0:
+            continue
+        sums = _summaries(kmean, kmin, kmax, block_tables, b, seq_len // block_size)
         sel[rows] = select_blocks_ref(
-            qbar, ids, *sums, sink_blocks=sink_blocks, window_blocks=window_blocks, topk_blocks=topk_blocks, score=score
-        ).int()
+            qbar[rows], qb_ids[rows].long(), *sums, sink_blocks=sink_blocks, window_blocks=window_blocks,
+            topk_blocks=topk_blocks, score=score,
+        ).int()  # fmt: skip
     return sel
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from m3.kernels.kv_cache_ref import store_kv_ref, summarize_blocks_ref
+from m3.kernels.msa_select_ref import block_scores_ref
 from m3.kernels.paged_ref import prefill_query_blocks
 
 
@@ -164,7 +165,143 @@ def naive_decode(batch: Batch, pages: torch.Tensor, upcast: bool = True) -> torc
     return out
 
 
-def selected_mass(batch: Batch, sel_rows: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+def selected_mass(sel_rows: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """Score mass of selected blocks: probs (R, Hkv, N) per logical block, sel_rows (R, Hkv, K) -> (R, Hkv)."""
     idx = sel_rows.long()
     return torch.where(idx >= 0, probs.gather(-1, idx.clamp(min=0)), 0.0).sum(-1)
+
+
+def block_probs(batch: Batch, qbar: torch.Tensor, row_seq: torch.Tensor, row_ids: torch.Tensor, *, sink_blocks: int,
+                window_blocks: int, score: str) -> torch.Tensor:  # fmt: skip
+    """Reference selection scores (msa.md step 2) of rows (qbar (R, H, D), sequence and query block of each):
+    (R, Hkv, max_blocks), softmax over the row's candidates summed over the group, zero outside the candidates."""
+    num_kv_heads, max_blocks = batch.kmean.shape[1], batch.block_tables.shape[1]
+    probs = torch.zeros(qbar.shape[0], num_kv_heads, max_blocks, device=qbar.device)
+    S = batch.block_size
+    for b in row_seq.unique().tolist():
+        if b < 0:
+            continue
+        rows = (row_seq == b).nonzero().squeeze(1)
+        num_full = int(batch.seq_lens[b]) // S
+        if num_full == 0:
+            continue
+        table = batch.block_tables[b, :num_full].long()
+        s = block_scores_ref(qbar[rows], batch.kmean[table], batch.kmin[table], batch.kmax[table], score)
+        j = torch.arange(num_full, device=qbar.device)
+        cand = (j[None, :] >= sink_blocks) & (j[None, :] < row_ids[rows].long()[:, None] - window_blocks)
+        p = torch.softmax(s.masked_fill(~cand[:, None, None, :], float("-inf")), -1).nan_to_num(0.0).sum(2)
+        probs[rows, :, :num_full] = p
+    return probs
+
+
+def check_selection(sel_k, sel_r, probs, row_ids, *, sink_blocks: int, window_blocks: int, exact: bool):
+    """Kernel vs reference selection rows: identical forced blocks and counts; the chosen candidates identical
+    (exact) or carrying the same reference score mass up to 1% (ties and rounding of the scoring query may swap
+    near-equal blocks). Returns the worst relative mass shortfall."""
+    valid = row_ids >= 0
+    sel_k, sel_r, probs, i = sel_k[valid].long(), sel_r[valid].long(), probs[valid], row_ids[valid].long()
+    assert ((sel_k >= 0).sum(-1) == (sel_r >= 0).sum(-1)).all(), "selection sizes differ"
+    hi = (i - window_blocks)[:, None, None]
+    cand_k = (sel_k >= sink_blocks) & (sel_k < hi)
+    cand_r = (sel_r >= sink_blocks) & (sel_r < hi)
+    assert (cand_k == cand_r).all() and (sel_k == sel_r)[~cand_r].all(), "forced blocks differ"
+    if exact:
+        assert (sel_k == sel_r).all(), "chosen blocks differ"
+    mass_k = selected_mass(torch.where(cand_k, sel_k, -1), probs)
+    mass_r = selected_mass(torch.where(cand_r, sel_r, -1), probs)
+    short = ((mass_r - mass_k) / mass_r.clamp(min=1e-12)).clamp(min=0)
+    assert (short <= 1e-2).all(), f"selected score mass short by {short.max().item():.3g}"
+    return short.max().item() if short.numel() else 0.0
+
+
+def assert_flash_bar(out: torch.Tensor, ref32: torch.Tensor, ref_lowp: torch.Tensor, what: str = ""):
+    """Flash-attention accuracy bar: error vs the float32 reference at most 2x the error of the reference run in the
+    kernel's dtype (float32 kernels: a tight absolute bound instead, as that error is ~0)."""
+    err = (out.float() - ref32).abs().max().item()
+    if out.dtype == torch.float32:
+        tol = 2e-5 * max(1.0, ref32.abs().max().item())
+    else:
+        tol = 2 * (ref_lowp - ref32).abs().max().item()
+    assert err <= tol, f"{what}: error {err:.3g} > bar {tol:.3g}"
+    return err, tol
+
+
+# -- kernel-vs-reference checks, shared by the interpreter (CPU) and GPU tests --
+
+
+def check_kv_cache(device: str, dtype: torch.dtype, *, num_kv_heads=2, head_dim=32, block_size=16, seed=0):
+    from m3.kernels.kv_cache import store_kv, summarize_blocks
+
+    gen = torch.Generator().manual_seed(seed)
+    T, NB = 3 * block_size + 5, 6
+    wide = torch.randn(T, 2 * num_kv_heads, head_dim, generator=gen).to(device, dtype)
+    k, v = wide[:, :num_kv_heads], wide[:, num_kv_heads:]  # NOTE: strided views, as sliced from a fused qkv
+    slots = torch.randperm(NB * block_size, generator=gen)[:T]
+    slots[3] = -1
+    slots = slots.to(device)
+    caches = [torch.full((NB, block_size, num_kv_heads, head_dim), float("nan"), dtype=dtype, device=device)
+              for _ in range(4)]  # fmt: skip
+    store_kv(k, v, caches[0], caches[1], slots)
+    store_kv_ref(k, v, caches[2], caches[3], slots)
+    assert torch.equal(caches[0].nan_to_num(7.0), caches[2].nan_to_num(7.0))
+    assert torch.equal(caches[1].nan_to_num(7.0), caches[3].nan_to_num(7.0))
+    full = torch.randn(NB, block_size, num_kv_heads, head_dim, generator=gen).to(device, dtype)
+    ids = torch.tensor([4, 0, 2], device=device)
+    sums = [torch.zeros(NB, num_kv_heads, head_dim, dtype=dtype, device=device) for _ in range(6)]
+    summarize_blocks(full, ids, *sums[:3])
+    summarize_blocks_ref(full, ids, *sums[3:])
+    assert torch.equal(sums[1], sums[4]) and torch.equal(sums[2], sums[5])  # min/max exact
+    tol = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    torch.testing.assert_close(sums[0].float(), sums[3].float(), atol=tol, rtol=tol)  # mean: summation order
+
+
+def check_prefill(batch: Batch, knobs: dict, select_config: dict | None = None, exact: bool | None = None):
+    """Kernel prefill (selection + attention) vs the references; returns (kernel error, bar)."""
+    from m3.kernels.msa_prefill import prefill_sparse_rows
+    from m3.kernels.msa_select import prefill_select_rows
+    from m3.kernels.paged_ref import msa_prefill_select_ref, prefill_qbar_ref
+
+    S, dense_below = knobs["block_size"], knobs["dense_below"]
+    qb_seq, qb_ids = prefill_query_blocks(batch.q.shape[0], batch.q_start, batch.seq_lens, S)
+    sel = prefill_select_rows(*batch.select_args(), qb_seq, qb_ids, **knobs, config=select_config)
+    o = prefill_sparse_rows(*batch.sparse_args(), sel, qb_seq, qb_ids, dense_below=dense_below)
+    # -- selection: same forced blocks, same (or equally heavy) chosen blocks --
+    sel_r = msa_prefill_select_ref(*batch.select_args(), **knobs)
+    qbar = prefill_qbar_ref(batch.q, batch.cu_seqlens_q, batch.q_start, batch.seq_lens, block_size=S,
+                            dense_below=dense_below)  # fmt: skip
+    probs = block_probs(batch, qbar, qb_seq, qb_ids, sink_blocks=knobs["sink_blocks"],
+                        window_blocks=knobs["window_blocks"], score=knobs["score"])  # fmt: skip
+    exact = batch.q.dtype == torch.float32 if exact is None else exact
+    check_selection(sel, sel_r, probs, qb_ids, sink_blocks=knobs["sink_blocks"],
+                    window_blocks=knobs["window_blocks"], exact=exact)  # fmt: skip
+    # -- attention over the kernel's own selection, at the flash-attention bar --
+    ref32 = naive_prefill(batch, sel, dense_below)
+    lowp = naive_prefill(batch, sel, dense_below, upcast=False)
+    return assert_flash_bar(o, ref32, lowp, "prefill")
+
+
+def check_decode(batch: Batch, knobs: dict, exact: bool | None = None):
+    """Kernel decode (page lists + split-KV attention) vs the references; returns (kernel error, bar)."""
+    from m3.kernels.msa_decode import msa_decode_attention
+    from m3.kernels.paged_ref import msa_decode_select_ref, num_selected
+
+    S = knobs["block_size"]
+    o, pages = msa_decode_attention(*batch.decode_args(), **knobs, return_sel=True)
+    pages_r = msa_decode_select_ref(*batch.decode_select_args(), **knobs)
+    assert pages.shape == pages_r.shape
+    lens = batch.seq_lens.long()
+    is_msa = (lens > 0) & (lens - 1 >= knobs["dense_below"])
+    assert torch.equal(pages[~is_msa], pages_r[~is_msa]), "dense / padding page lists differ"
+    width = num_selected(knobs["sink_blocks"], knobs["window_blocks"], knobs["topk_blocks"])
+    assert (pages[is_msa][..., width:] == -1).all()
+    rows = is_msa.nonzero().squeeze(1)
+    ids = torch.div(lens[rows] - 1, S, rounding_mode="floor")
+    probs = block_probs(batch, batch.q[rows].float(), rows, ids, sink_blocks=knobs["sink_blocks"],
+                        window_blocks=knobs["window_blocks"], score=knobs["score"])  # fmt: skip
+    exact = batch.q.dtype == torch.float32 if exact is None else exact
+    check_selection(pages[rows][..., :width], pages_r[rows][..., :width], probs, ids,
+                    sink_blocks=knobs["sink_blocks"], window_blocks=knobs["window_blocks"], exact=exact)  # fmt: skip
+    ref32 = naive_decode(batch, pages)
+    lowp = naive_decode(batch, pages, upcast=False)
+    assert (o[lens <= 0] == 0).all()
+    return assert_flash_bar(o, ref32, lowp, "decode")

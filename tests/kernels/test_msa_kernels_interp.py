@@ -1,0 +1,83 @@
+"""The Triton kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, see conftest.py) against the references at
+small shapes: S=16, D=16/32, G in {1,3,4,5,8}, float32/float16/bfloat16, unequal batches with lengths not multiple of
+S, cached prefixes, contexts shorter than one block, a one-token row inside a prefill batch, tokens on both sides of
+dense_below, decode batches mixing padding, dense, short and long sequences."""
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+from msa_cases import check_decode, check_kv_cache, check_prefill, make_batch  # noqa: E402
+
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="interpreter tests run without CUDA")
+
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+SPECS = [(0, 150), (32, 70), (0, 9), (64, 64), (100, 1), (0, 0)]  # (cached before the step, query tokens)
+KNOBS = dict(block_size=16, sink_blocks=1, window_blocks=2, topk_blocks=3, score="bound", dense_below=40)
+DECODE_SPECS = [(299, 1), (0, 0), (5, 1), (40, 1), (150, 1), (47, 1), (15, 1)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _interpreted():
+    from m3.kernels import msa_prefill
+
+    if type(msa_prefill._prefill_kernel).__name__ != "InterpretedFunction":
+        pytest.skip("kernel modules were imported before TRITON_INTERPRET=1: run tests/kernels on its own")
+
+
+@pytest.mark.parametrize("dtype", [F32, F16, BF16])
+def test_kv_cache(dtype):
+    check_kv_cache("cpu", dtype)
+
+
+PREFILL_CASES = [  # (G, dtype, D, score)
+    (1, F32, 16, "bound"), (1, BF16, 32, "mean"),
+    (3, F32, 32, "mean"), (3, BF16, 16, "bound"),
+    (4, F32, 16, "bound"), (4, F16, 32, "bound"),
+    (5, F32, 16, "mean"), (5, F16, 16, "bound"),
+    (8, BF16, 16, "bound"), (8, F16, 32, "mean"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("group,dtype,head_dim,score", PREFILL_CASES)
+def test_prefill(group, dtype, head_dim, score):
+    batch = make_batch(SPECS, num_kv_heads=2, group=group, head_dim=head_dim, block_size=16, dtype=dtype, seed=group)
+    check_prefill(batch, {**KNOBS, "score": score})
+
+
+def test_prefill_odd_head_dim_no_sinks_all_msa():
+    batch = make_batch(SPECS, num_kv_heads=2, group=3, head_dim=24, block_size=16)
+    check_prefill(batch, {**KNOBS, "sink_blocks": 0, "dense_below": 0})
+
+
+def test_prefill_no_topk_and_all_dense():
+    batch = make_batch(SPECS, num_kv_heads=1, group=4, head_dim=16, block_size=16, dtype=F16)
+    check_prefill(batch, {**KNOBS, "topk_blocks": 0})
+    check_prefill(batch, {**KNOBS, "dense_below": 1 << 20})
+
+
+@pytest.mark.parametrize("group,dtype", [(4, F32), (5, BF16)])
+def test_select_streams_many_candidates(group, dtype):
+    # small tiles: several tiles per sequence and several candidate chunks merged into the running top-k
+    batch = make_batch([(0, 700), (320, 90)], num_kv_heads=2, group=group, head_dim=16, block_size=16, dtype=dtype)
+    knobs = {**KNOBS, "topk_blocks": 5, "window_blocks": 3}
+    check_prefill(batch, knobs, select_config=dict(BLOCK_Q=4, BLOCK_N=16))
+
+
+@pytest.mark.parametrize("group,dtype,score", [(1, F32, "bound"), (3, BF16, "mean"), (4, F16, "bound"),
+                                               (5, F32, "mean"), (8, BF16, "bound")])  # fmt: skip
+def test_decode(group, dtype, score):
+    batch = make_batch(DECODE_SPECS, num_kv_heads=2, group=group, head_dim=16, block_size=16, dtype=dtype, decode=True,
+                       seed=group)  # fmt: skip
+    check_decode(batch, {**KNOBS, "score": score, "dense_below": 45})
+
+
+def test_decode_many_splits(monkeypatch):
+    from m3.kernels import msa_decode
+
+    monkeypatch.setattr(msa_decode, "_SPLIT", 8)  # several candidate splits per sequence
+    batch = make_batch(DECODE_SPECS + [(700, 1)], num_kv_heads=2, group=4, head_dim=32, block_size=16, decode=True)
+    check_decode(batch, {**KNOBS, "topk_blocks": 5})
+    check_decode(batch, {**KNOBS, "topk_blocks": 0})
