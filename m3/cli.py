@@ -38,7 +38,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str, defaul
 
 def dataclass_from_args(cls, args: argparse.Namespace, defaults: dict | None = None):
     values = dict(defaults or {})
-    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None})
+    values.update(
+        {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    )
     return cls(**values)
 
 

@@ -48,6 +48,7 @@ class LLM:
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         # NOTE: a rendered template already holds its special tokens: encode it without adding BOS again.
         prompts = [
-            self.tokenizer.encode(self.tokenizer.apply_chat_template(c), add_special_tokens=False) for c in conversations
+            self.tokenizer.encode(self.tokenizer.apply_chat_template(c), add_special_tokens=False)
+            for c in conversations
         ]
         return self.generate(prompts, params)

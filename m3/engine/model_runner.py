@@ -30,7 +30,9 @@ class ModelRunner:
         self.args = args
         for i in config.dense_layers:
             if not 0 <= i < args.num_layers:
-                raise ValueError(f"dense_layers entry {i} is not a layer index (the model has {args.num_layers} layers)")
+                raise ValueError(
+                    f"dense_layers entry {i} is not a layer index (the model has {args.num_layers} layers)"
+                )
         msa = [
             MSAParams(
                 use_msa=config.attention == "msa" and i not in config.dense_layers,
@@ -63,8 +65,8 @@ class ModelRunner:
         self.num_blocks = config.num_kv_blocks or self._blocks_for(config.kv_cache_gb)
         if self.num_blocks * self.block_size < max_model_len:
             raise ValueError(
-                f"the KV cache holds {self.num_blocks * self.block_size} tokens, fewer than max_model_len={max_model_len}; "
-                "raise kv_cache_gb / num_kv_blocks or lower max_model_len"
+                f"the KV cache holds {self.num_blocks * self.block_size} tokens, fewer than "
+                f"max_model_len={max_model_len}; raise kv_cache_gb / num_kv_blocks or lower max_model_len"
             )
         self._allocate_cache()
 
@@ -84,11 +86,23 @@ class ModelRunner:
         zeros = lambda shape: torch.zeros(shape, dtype=self.dtype, device=self.device)  # noqa: E731
         for attn in self.model.attention_layers():
             raw = (zeros(sum_shape), zeros(sum_shape), zeros(sum_shape)) if self.uses_remap else (None, None, None)
-            attn.cache = LayerCache(zeros(kv_shape), zeros(kv_shape), zeros(sum_shape), zeros(sum_shape), zeros(sum_shape), *raw)
+            attn.cache = LayerCache(
+                zeros(kv_shape), zeros(kv_shape), zeros(sum_shape), zeros(sum_shape), zeros(sum_shape), *raw
+            )
 
     def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, AttentionMetadata, list[int]]:
         bs = self.block_size
-        input_ids, positions, slots, cu, q_start, seq_lens, filled, filled_starts, sample_rows = [], [], [], [0], [], [], [], [], []
+        input_ids, positions, slots, cu, q_start, seq_lens, filled, filled_starts, sample_rows = (
+            [],
+            [],
+            [],
+            [0],
+            [],
+            [],
+            [],
+            [],
+            [],
+        )
         for seq, n in zip(batch.seqs, batch.num_tokens):
             start = seq.num_computed_tokens
             end = start + n

@@ -6,7 +6,9 @@ Cache layout (per layer): k_cache, v_cache (NB, S, Hkv, D); summaries kmean, kmi
 import torch
 
 
-def store_kv_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor):
+def store_kv_ref(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+):
     """k, v: (T, Hkv, D); slot_mapping: (T,) flat slot = block * S + offset, -1 = skip."""
     keep = slot_mapping >= 0
     slots = slot_mapping[keep]

@@ -80,10 +80,22 @@ def sparse_attention_ref(
 
 
 def dense_attention_ref(q: torch.Tensor, q_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Exact causal attention of one sequence: q (T, H, D) at positions q_pos over k, v (L, Hkv, D)."""
+    """Exact causal attention of one sequence: q (T, H, D) at positions q_pos over k, v (L, Hkv, D).
+
+    Queries go in tiles so the (tile, L) mask and scores stay small at long contexts.
+    """
     num_heads, num_kv_heads = q.shape[1], k.shape[1]
     kk = k.float().repeat_interleave(num_heads // num_kv_heads, dim=1).transpose(0, 1)  # (H, L, D)
     vv = v.float().repeat_interleave(num_heads // num_kv_heads, dim=1).transpose(0, 1)
-    mask = torch.arange(k.shape[0], device=q.device)[None, :] <= q_pos[:, None]  # (T, L)
-    o = torch.nn.functional.scaled_dot_product_attention(q.float().transpose(0, 1), kk, vv, attn_mask=mask)
-    return o.transpose(0, 1).to(q.dtype)
+    tile = max(1, (1 << 22) // max(1, k.shape[0]))
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    keys = torch.arange(k.shape[0], device=q.device)
+    for start in range(0, q.shape[0], tile):
+        qt, pt = q[start : start + tile], q_pos[start : start + tile]
+        last = int(pt.max()) + 1  # keys after the tile's last query are masked anyway: skip them
+        mask = keys[None, :last] <= pt[:, None]  # (Tt, L')
+        o = torch.nn.functional.scaled_dot_product_attention(
+            qt.float().transpose(0, 1), kk[:, :last], vv[:, :last], attn_mask=mask
+        )
+        out[start : start + tile] = o.transpose(0, 1).to(q.dtype)
+    return out

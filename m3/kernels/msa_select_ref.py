@@ -11,8 +11,9 @@ import torch
 _TILE = 256  # query blocks scored at once
 
 
-def block_scores_ref(qbar: torch.Tensor, kmean: torch.Tensor, kmin: torch.Tensor | None, kmax: torch.Tensor | None,
-                     score: str) -> torch.Tensor:
+def block_scores_ref(
+    qbar: torch.Tensor, kmean: torch.Tensor, kmin: torch.Tensor | None, kmax: torch.Tensor | None, score: str
+) -> torch.Tensor:
     """qbar: (Q, H, D); summaries: (N, Hkv, D) -> raw logits s (Q, Hkv, G, N) of msa.md step 2."""
     num_q, num_heads, head_dim = qbar.shape
     num_kv_heads = kmean.shape[1]
@@ -56,7 +57,8 @@ def select_blocks_ref(
         assert int(ids.max()) <= num_full, "every block before a query block must be full"
         # -- forced set: sinks, window, current block --
         forced = (blocks[None, :] < ids.clamp(max=sink_blocks)[:, None]) | (
-            (blocks[None, :] >= (ids - window_blocks).clamp(min=sink_blocks)[:, None]) & (blocks[None, :] < ids[:, None])
+            (blocks[None, :] >= (ids - window_blocks).clamp(min=sink_blocks)[:, None])
+            & (blocks[None, :] < ids[:, None])
         )  # (Qt, N)
         candidate = (blocks[None, :] >= sink_blocks) & (blocks[None, :] < (ids - window_blocks)[:, None])
         # -- score candidates; softmax per query head, summed over the group --

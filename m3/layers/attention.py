@@ -98,7 +98,9 @@ class PagedAttention(torch.nn.Module):
         if cache.raw_kmean is not None:
             pos = meta.filled_block_starts[:, None] + torch.arange(bs, device=cache.k.device)  # (M, S)
             cos, sin = self.rotary.cos_sin(pos)
-            summarize_blocks_ref(cache.k, meta.filled_blocks, cache.raw_kmean, cache.raw_kmin, cache.raw_kmax, (cos, sin))
+            summarize_blocks_ref(
+                cache.k, meta.filled_blocks, cache.raw_kmean, cache.raw_kmin, cache.raw_kmax, (cos, sin)
+            )
 
     def _all_dense(self, meta: AttentionMetadata, b: int) -> bool:
         return not self.msa.use_msa or meta.seq_lens[b] <= self.msa.dense_below
@@ -128,7 +130,9 @@ class PagedAttention(torch.nn.Module):
         mask = torch.arange(k.shape[2], device=q.device)[None, :] < lens[:, None]  # (B', N*S)
         idx = meta.cu_seqlens_q[rows].long()
         qq = q[idx][:, :, None, :]  # (B', H, 1, D)
-        o = torch.nn.functional.scaled_dot_product_attention(qq, k.to(q.dtype), v.to(q.dtype), attn_mask=mask[:, None, None, :])
+        o = torch.nn.functional.scaled_dot_product_attention(
+            qq, k.to(q.dtype), v.to(q.dtype), attn_mask=mask[:, None, None, :]
+        )
         out[idx] = o[:, :, 0, :]
 
     def _attend_seq(self, q, q_raw, pos, meta: AttentionMetadata, b: int) -> torch.Tensor:
@@ -181,12 +185,27 @@ class PagedAttention(torch.nn.Module):
             qbar = torch.stack([t.float().mean(0) for t in torch.split(src, counts.tolist())])[rows]  # (Q', H, D)
             sums = (cache.raw_kmean, cache.raw_kmin, cache.raw_kmax) if remap else (cache.kmean, cache.kmin, cache.kmax)
             sel[rows] = select_blocks_ref(
-                qbar, qblock_ids[rows], *(s[table] for s in sums),
-                sink_blocks=p.sink_blocks, window_blocks=p.window_blocks, topk_blocks=p.topk_blocks, score=p.score,
+                qbar,
+                qblock_ids[rows],
+                *(s[table] for s in sums),
+                sink_blocks=p.sink_blocks,
+                window_blocks=p.window_blocks,
+                topk_blocks=p.topk_blocks,
+                score=p.score,
             )
         self.last_selected_share = float((sel >= 0).sum(-1).float().mean() / max(1, (meta.seq_lens[b] + bs - 1) // bs))
         is_local = local_mask_ref(sel, qblock_ids, p.window_blocks)
         return sparse_attention_ref(
-            q, pos, k, v, sel, qblock_ids, bs, q_remote=q_remote, k_raw=k_raw, is_local=is_local, is_remap=is_remap,
+            q,
+            pos,
+            k,
+            v,
+            sel,
+            qblock_ids,
+            bs,
+            q_remote=q_remote,
+            k_raw=k_raw,
+            is_local=is_local,
+            is_remap=is_remap,
             token_rows=token_rows,
         )

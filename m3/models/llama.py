@@ -78,7 +78,9 @@ class CausalLM(nn.Module):
     def __init__(self, args: ModelArgs, msa_per_layer: list[MSAParams]):
         super().__init__()
         if args.architecture not in SUPPORTED_ARCHITECTURES:
-            raise ValueError(f"unsupported architecture {args.architecture!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+            raise ValueError(
+                f"unsupported architecture {args.architecture!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
         self.args = args
         self.model = Backbone(args, msa_per_layer)
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
@@ -115,5 +117,7 @@ class CausalLM(nn.Module):
             for name, tensor in state_dict.items():
                 param = own[name]
                 if param.shape != tensor.shape:
-                    raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(param.shape)}")
+                    raise ValueError(
+                        f"{name}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(param.shape)}"
+                    )
                 param.copy_(tensor)

@@ -96,7 +96,9 @@ def test_stop_strings_are_not_leaked(llm):
 
 
 def test_n_logprobs_and_stop_token_ids(llm):
-    out = llm.generate("Hello", SamplingParams(temperature=0.8, n=3, seed=5, max_tokens=6, logprobs=2, ignore_eos=True))[0]
+    out = llm.generate(
+        "Hello", SamplingParams(temperature=0.8, n=3, seed=5, max_tokens=6, logprobs=2, ignore_eos=True)
+    )[0]
     assert [c.index for c in out.outputs] == [0, 1, 2]
     for c in out.outputs:
         assert len(c.logprobs) == len(c.token_ids) == 6

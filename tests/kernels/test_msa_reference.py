@@ -150,7 +150,17 @@ def test_summaries_and_remap_match_naive():
     local = local_mask_ref(sel, ids, window)
     kr = unrope(k, cos[:, None], sin[:, None])
     out = sparse_attention_ref(
-        q, pos, k, v, sel, ids, bs, q_remote=q_remote, k_raw=kr, is_local=local, is_remap=torch.ones_like(ids, dtype=torch.bool)
+        q,
+        pos,
+        k,
+        v,
+        sel,
+        ids,
+        bs,
+        q_remote=q_remote,
+        k_raw=kr,
+        is_local=local,
+        is_remap=torch.ones_like(ids, dtype=torch.bool),
     )
     expected = _naive(q, pos, k, v, sel, ids, bs, q_remote=q_remote, k_raw=kr, is_local=local)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)

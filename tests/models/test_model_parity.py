@@ -14,8 +14,13 @@ from m3.engine.sequence import Sequence
 from m3.models.loader import default_model_path, load_checkpoint
 from m3.sampling_params import SamplingParams
 
-LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                  "original_max_position_embeddings": 64}
+LLAMA3_SCALING = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
 FAMILIES = {
     "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
     "llama-rope3": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {"rope_scaling": LLAMA3_SCALING}),
@@ -36,21 +41,31 @@ def _prefill_logits(runner: ModelRunner, ids: list[int]) -> torch.Tensor:
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_logits_match_transformers(family, tmp_path):
     config_cls, model_cls, extra = FAMILIES[family]
-    config = config_cls(vocab_size=200, hidden_size=96, intermediate_size=160, num_hidden_layers=3, num_attention_heads=6,
-                        num_key_value_heads=2, max_position_embeddings=256, **extra)
+    config = config_cls(
+        vocab_size=200,
+        hidden_size=96,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        **extra,
+    )
     torch.manual_seed(0)
     ref_model = model_cls(config).eval()
     with torch.no_grad():
         for p in ref_model.parameters():
             p.normal_(0.0, 0.2)
     ref_model.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="200KB")  # sharded on purpose
-    tokenizer_src = transformers.AutoTokenizer.from_pretrained(os.path.dirname(default_model_path()),
-                                                               gguf_file=os.path.basename(default_model_path()))
+    tokenizer_src = transformers.AutoTokenizer.from_pretrained(
+        os.path.dirname(default_model_path()), gguf_file=os.path.basename(default_model_path())
+    )
     tokenizer_src.save_pretrained(tmp_path)
     args, state_dict, _ = load_checkpoint(str(tmp_path))
     assert args.architecture == family.split("-")[0]
-    runner = ModelRunner(Config(model=str(tmp_path), attention="dense", block_size=16, num_kv_blocks=8), args,
-                         state_dict, 128)
+    runner = ModelRunner(
+        Config(model=str(tmp_path), attention="dense", block_size=16, num_kv_blocks=8), args, state_dict, 128
+    )
     ids = torch.randint(0, 200, (77,), generator=torch.Generator().manual_seed(1)).tolist()
     ours = _prefill_logits(runner, ids)
     with torch.no_grad():
@@ -81,5 +96,5 @@ def test_greedy_generation_matches_transformers_on_default_model(hf_smollm2):
     for prompt, out in zip(prompts, ours):
         ids = torch.tensor([out.prompt_token_ids])
         with torch.no_grad():
-            ref = hf_smollm2.generate(ids, max_new_tokens=32, do_sample=False)[0, ids.shape[1]:]
+            ref = hf_smollm2.generate(ids, max_new_tokens=32, do_sample=False)[0, ids.shape[1] :]
         assert out.outputs[0].token_ids == ref.tolist(), (prompt, out.outputs[0].token_ids, ref.tolist())
