@@ -1,4 +1,5 @@
-"""m3: an inference engine with MiniMax-style sparse attention (MSA), an OpenAI-compatible API and a coding agent cluster.
+"""m3: an inference engine with MiniMax-style sparse attention (MSA), an OpenAI-compatible API, a coding agent
+cluster.
 
 Heavy imports (torch) stay out of this module so that `m3.protocol`, `m3.client` and `m3.code` load without them.
 """
