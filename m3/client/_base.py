@@ -268,7 +268,7 @@ class StreamState:
         chunk = self.cast.model_validate(data)
         if chunk.usage is not None:
             self.usage = chunk.usage
-        if chunk.choices:
+        if any((getattr(c, "delta", None) and c.delta.content) or getattr(c, "text", None) for c in chunk.choices):
             self.num_chunks += 1
             if self.on_progress is not None:
                 self.on_progress(Progress("generate", self.num_chunks, self.max_tokens))

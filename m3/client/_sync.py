@@ -92,6 +92,7 @@ class M3(BaseClient):
         response = self._send(call)
         if not (call.stream or call.assemble):
             try:
+                response.read()
                 return call.cast.model_validate(response.json())
             finally:
                 response.close()

@@ -158,9 +158,10 @@ def _chat_messages(body: ChatCompletionRequest) -> list[dict]:
     return messages
 
 
-def chat_prompt_ids(state, messages: list[dict]) -> list[int]:
+def chat_prompt_ids(state, messages: list[dict], prefill: str = "") -> list[int]:
+    """The prompt for messages; `prefill` starts the assistant's answer (the model continues from it)."""
     try:
-        text = state.engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        text = state.engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True) + prefill
     except ValueError as exc:
         raise APIError(400, str(exc), param="messages") from exc
     except Exception as exc:  # noqa: BLE001 - a template that rejects the conversation (e.g. role order)

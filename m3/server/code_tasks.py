@@ -53,24 +53,36 @@ _SEVERITY = {
 }
 
 
-async def _chat_turn(state, request: Request, messages: list[dict], body, endpoint: str, prefix: str):
-    """One non-streaming chat turn billed as its own ledger row: (text, prompt_tokens, completion_tokens, id)."""
-    prompt_ids = chat_prompt_ids(state, messages)
-    params = await sampling_params(state, request, _Sampling(body), [prompt_ids], body.max_tokens, None, "messages")
+async def _chat_turn(
+    state,
+    request: Request,
+    messages: list[dict],
+    body,
+    endpoint: str,
+    prefix: str,
+    prefill: str = "",
+    stop: list[str] | None = None,
+):
+    """One non-streaming chat turn billed as its own ledger row: (text, prompt_tokens, completion_tokens, id).
+    `prefill` starts the answer (returned as part of the text): small models keep to JSON far better that way."""
+    prompt_ids = chat_prompt_ids(state, messages, prefill)
+    params = await sampling_params(
+        state, request, _Sampling(body, stop), [prompt_ids], body.max_tokens, None, "messages"
+    )
     run = Run(state, request, endpoint, [prompt_ids], params, prefix)
     await run.reserve()
     (final,) = await until_disconnect(request, run.collect())
-    return final.outputs[0].text, run.num_prompt_tokens, run.num_completion_tokens, run.id
+    return prefill + final.outputs[0].text, run.num_prompt_tokens, run.num_completion_tokens, run.id
 
 
 class _Sampling:
     """The sampling fields a task request sets; the rest at the engine's defaults (temperature 0.2 for code)."""
 
-    def __init__(self, body):
+    def __init__(self, body, stop: list[str] | None):
         self.temperature = 0.2 if body.temperature is None else body.temperature
         self.seed = body.seed
         self.n = 1
-        self.stop = None
+        self.stop = stop
         self.ignore_eos = False
         self.top_p = self.top_k = self.min_p = None
         self.presence_penalty = self.frequency_penalty = self.repetition_penalty = None
@@ -135,9 +147,13 @@ async def code_generate(body: CodeGenerateRequest, request: Request):
 
 # -- review --
 REVIEW_SCHEMA_HINT = (
-    '{"issues": [{"severity": "critical|high|medium|low|info", "file": "path or null", "line": 12, '
-    '"message": "what is wrong", "suggestion": "how to fix it"}], "quality_score": 0-100, "summary": "one paragraph"}'
+    'a JSON object with "issues" (a list; each issue has "severity": one of critical, high, medium, low, info; '
+    '"file"; "line": a number; "message": what is wrong; "suggestion": how to fix it), "quality_score" (an integer '
+    'from 0 to 100) and "summary" (one paragraph). Example: {"issues": [{"severity": "high", "file": "db.py", '
+    '"line": 3, "message": "SQL is built by string formatting, which allows injection", "suggestion": "Use a '
+    'parameterized query"}], "quality_score": 55, "summary": "Works, but one injection risk."}'
 )
+REVIEW_PREFILL = '{"issues": ['
 
 
 def coerce_review(value, default_file: str | None) -> ReviewBody:
@@ -196,7 +212,7 @@ async def code_review(body: CodeReviewRequest, request: Request):
     language = f" {body.language}" if body.language else ""
     system = (
         f"You are a meticulous{language} code reviewer. Check the code against these standards: "
-        f"{', '.join(body.standards)}. Answer with only a JSON object of this shape: {REVIEW_SCHEMA_HINT}"
+        f"{', '.join(body.standards)}. Answer with only {REVIEW_SCHEMA_HINT}"
     )
     what = "unified diff" if body.diff else "code" + (f" from {body.filename}" if body.filename else "")
     user = f"Review this {what}:\n```\n{body.diff or body.code}\n```"
@@ -205,7 +221,9 @@ async def code_review(body: CodeReviewRequest, request: Request):
     prompt_tokens = completion_tokens = 0
     problem, first_id = "", None
     for _ in range(2):
-        text, p, c, run_id = await _chat_turn(state, request, messages, body, "code.review", "review")
+        text, p, c, run_id = await _chat_turn(
+            state, request, messages, body, "code.review", "review", REVIEW_PREFILL, stop=["```"]
+        )
         first_id = first_id or run_id
         prompt_tokens, completion_tokens = prompt_tokens + p, completion_tokens + c
         try:
@@ -216,8 +234,8 @@ async def code_review(body: CodeReviewRequest, request: Request):
                 {"role": "assistant", "content": text},
                 {
                     "role": "user",
-                    "content": f"That was not valid: {problem}. Reply with only the corrected JSON "
-                    f"object of this shape: {REVIEW_SCHEMA_HINT}",
+                    "content": f"That was not valid: {problem}. Reply with only the corrected answer: "
+                    f"{REVIEW_SCHEMA_HINT}",
                 },
             ]
             continue

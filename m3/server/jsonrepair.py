@@ -1,6 +1,7 @@
 """Repair a model's almost-JSON answer: strip prose and code fences, take the outermost object or array, then fix
-the usual slips (trailing commas, Python literals, single quotes, smart quotes). Raises JSONRepairError when none
-of that yields JSON."""
+the usual slips (trailing commas, Python literals, smart quotes); as a last resort a lenient parser reads what the
+model meant (unclosed or mismatched brackets, a list the model forgot to close before the next key, bare keys,
+a cut-off end). Raises JSONRepairError when none of that yields an object or array."""
 
 import ast
 import json
@@ -31,6 +32,14 @@ def repair_json(text: str):
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             continue
         if isinstance(value, dict | list):
+            return value
+    start = next((i for i, ch in enumerate(text) if ch in "{["), None)
+    if start is not None:
+        try:
+            value = _Lenient(text, start).value()
+        except (ValueError, IndexError, RecursionError):
+            value = None
+        if isinstance(value, dict | list) and value:
             return value
     raise JSONRepairError("no JSON object or array could be recovered from the model's output")
 
@@ -73,3 +82,93 @@ def _outermost(text: str) -> str | None:
     if quote:
         tail += quote
     return tail + "".join(reversed(stack))
+
+
+class _Lenient:
+    """Recursive descent that never gives up on a bracket: a stray closer is skipped, EOF closes everything."""
+
+    _LITERALS = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
+
+    def __init__(self, text: str, pos: int):
+        self.text, self.pos = text, pos
+        self.pending_key: str | None = None  # a key met inside a list: the list ends, the parent object takes it
+
+    def ws(self) -> str:
+        while self.pos < len(self.text) and self.text[self.pos] in " \t\r\n,":
+            self.pos += 1
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def value(self):
+        ch = self.ws()
+        if ch == "{":
+            self.pos += 1
+            return self.object()
+        if ch == "[":
+            self.pos += 1
+            return self.array()
+        if ch in "\"'":
+            return self.string()
+        m = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?|[A-Za-z_]\w*").match(self.text, self.pos)
+        if not m:
+            raise ValueError(f"unexpected {ch!r} at {self.pos}")
+        self.pos = m.end()
+        word = m.group(0)
+        if word in self._LITERALS:
+            return self._LITERALS[word]
+        if word[0].isalpha() or word[0] == "_":
+            return word
+        return float(word) if any(c in word for c in ".eE") else int(word)
+
+    def string(self) -> str:
+        quote = self.text[self.pos]
+        self.pos += 1
+        out = []
+        while self.pos < len(self.text) and self.text[self.pos] != quote:
+            ch = self.text[self.pos]
+            if ch == "\\" and self.pos + 1 < len(self.text):
+                out.append(
+                    json.loads(f'"\\{self.text[self.pos + 1]}"')
+                    if self.text[self.pos + 1] in 'nrtbf"\\/'
+                    else self.text[self.pos + 1]
+                )
+                self.pos += 2
+                continue
+            out.append(ch)
+            self.pos += 1
+        self.pos += 1
+        return "".join(out)
+
+    def object(self) -> dict:
+        obj = {}
+        while True:
+            if self.pending_key is not None:
+                key, self.pending_key = self.pending_key, None
+            else:
+                ch = self.ws()
+                if ch in ("", "}"):
+                    self.pos += 1
+                    return obj
+                if ch == "]":  # stray closer
+                    self.pos += 1
+                    continue
+                key = self.string() if ch in "\"'" else str(self.value())
+                if self.ws() != ":":
+                    return obj
+                self.pos += 1
+            obj[key] = self.value()
+
+    def array(self) -> list:
+        items = []
+        while True:
+            ch = self.ws()
+            if ch in ("", "]"):
+                self.pos += 1
+                return items
+            if ch == "}":  # the list was never closed: its parent object ends here
+                return items
+            item = self.value()
+            if isinstance(item, str) and self.ws() == ":":
+                self.pos += 1
+                self.pending_key = item
+                return items
+            items.append(item)
