@@ -28,6 +28,13 @@ def add_server_parsers(subparsers) -> None:
         help="sequences admitted to the engine at once, by plan priority (default: max_num_seqs)",
     )
     serve.add_argument("--default-max-tokens", type=int, default=4096, help="max_tokens when a request omits it")
+    serve.add_argument("--keepalive-s", type=float, default=10.0, help="SSE keep-alive comment after this idle time")
+    serve.add_argument(
+        "--checkpoint-s",
+        type=float,
+        default=5.0,
+        help="how often a running request's token count is written to the ledger (crash billing)",
+    )
     serve.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
     add_dataclass_flags(serve, Config, "engine (Config)")
     serve.set_defaults(func=cmd_serve)
@@ -112,6 +119,8 @@ def cmd_serve(args) -> int:
         model_name=args.served_model_name or _name_from_path(config.model),
         default_max_tokens=args.default_max_tokens,
         max_concurrent_seqs=args.max_concurrent_seqs,
+        keepalive_s=args.keepalive_s,
+        checkpoint_s=args.checkpoint_s,
     )
     print(
         f"m3 serve: http://{args.host}:{args.port}/v1 (ledger {app.state.m3.ledger.url}); the model loads "
