@@ -16,7 +16,8 @@ import triton.language as tl
 from m3.kernels.msa_select import LOG2E, _check_summaries, _dot, _low_ids, _pack_keys, _summary_logits
 from m3.kernels.paged_ref import num_decode_pages
 
-_SPLIT = 256  # candidate blocks per selection split
+_SCORE_SPLIT = 256  # candidate blocks scored per program (the summary read is the decode floor: spread it wide)
+_TOPK_SPLIT = 1024  # candidate blocks per local top-k (fewer splits = a smaller final merge)
 
 
 @triton.jit
@@ -24,8 +25,8 @@ def _decode_scores_kernel(
     Q, KMEAN, KMIN, KMAX, BT, SEQ_LENS, SC, PM, PL,
     stride_qb, stride_qh, stride_sb, stride_sh, stride_bt, stride_scb, stride_sch, stride_scg,
     dense_below, head_dim, qk_scale,
-    G: tl.constexpr, S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, SPLIT: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    G: tl.constexpr, S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, SCORE_SPLIT: tl.constexpr,
+    NUM_SCORE_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
@@ -34,8 +35,8 @@ def _decode_scores_kernel(
     seq_len = tl.load(SEQ_LENS + b)
     is_msa = (seq_len > 0) & (seq_len - 1 >= dense_below)
     i = tl.maximum(seq_len - 1, 0) // S
-    lo = SINK + c * SPLIT
-    end = tl.minimum(i - WINDOW, lo + SPLIT)
+    lo = SINK + c * SCORE_SPLIT
+    end = tl.minimum(i - WINDOW, lo + SCORE_SPLIT)
     end = tl.where(is_msa, end, lo)
     g = tl.arange(0, BLOCK_G)
     gm = g < G
@@ -66,7 +67,7 @@ def _decode_scores_kernel(
         m_new = tl.maximum(m, tl.max(s, axis=1))
         l_sum = l_sum * tl.math.exp2(m - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), axis=1)
         m = m_new
-    part = ((b * tl.num_programs(1) + h) * NUM_SPLITS + c) * BLOCK_G + g
+    part = ((b * tl.num_programs(1) + h) * NUM_SCORE_SPLITS + c) * BLOCK_G + g
     tl.store(PM + part, m)
     tl.store(PL + part, l_sum)
 
@@ -76,8 +77,9 @@ def _decode_topk_kernel(
     SC, PM, PL, SEQ_LENS, TK,
     stride_scb, stride_sch, stride_scg,
     dense_below,
-    G: tl.constexpr, S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, SPLIT: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, BLOCK_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr,
+    G: tl.constexpr, S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, TOPK_SPLIT: tl.constexpr,
+    NUM_SCORE_SPLITS: tl.constexpr, NUM_TOPK_SPLITS: tl.constexpr, BLOCK_SCORE_SPLITS: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -85,27 +87,30 @@ def _decode_topk_kernel(
     seq_len = tl.load(SEQ_LENS + b)
     is_msa = (seq_len > 0) & (seq_len - 1 >= dense_below)
     i = tl.maximum(seq_len - 1, 0) // S
-    lo = SINK + c * SPLIT
-    end = tl.where(is_msa, tl.minimum(i - WINDOW, lo + SPLIT), lo)
+    lo = SINK + c * TOPK_SPLIT
+    end = tl.where(is_msa, tl.minimum(i - WINDOW, lo + TOPK_SPLIT), lo)
     bh = b * tl.num_programs(1) + h
-    # -- each head's log-sum-exp over all candidates, from the split partials --
-    cs = tl.arange(0, BLOCK_SPLITS)
+    # -- each head's log-sum-exp over all candidates, from the score-split partials --
+    cs = tl.arange(0, BLOCK_SCORE_SPLITS)
     g = tl.arange(0, BLOCK_G)
-    part = (bh * NUM_SPLITS + cs[:, None]) * BLOCK_G + g[None, :]
-    pm = tl.load(PM + part, mask=cs[:, None] < NUM_SPLITS, other=-1.0e30)
-    pl = tl.load(PL + part, mask=cs[:, None] < NUM_SPLITS, other=0.0)
+    part = (bh * NUM_SCORE_SPLITS + cs[:, None]) * BLOCK_G + g[None, :]
+    pm = tl.load(PM + part, mask=cs[:, None] < NUM_SCORE_SPLITS, other=-1.0e30)
+    pl = tl.load(PL + part, mask=cs[:, None] < NUM_SCORE_SPLITS, other=0.0)
     mg = tl.max(pm, axis=0)
     lse = mg + tl.math.log2(tl.sum(pl * tl.math.exp2(pm - mg[None, :]), axis=0))  # (BLOCK_G,)
+    # rows of the score buffer are the G real heads (padded to BLOCK_GP), not the BLOCK_G rows of the dot
+    lse = tl.sum(tl.where(g[None, :] == tl.arange(0, BLOCK_GP)[:, None], lse[None, :], 0.0), axis=1)  # (BLOCK_GP,)
     # -- this split's candidates: probabilities summed over the group, best BLOCK_K kept --
-    jj = lo + tl.arange(0, SPLIT)
+    gp = tl.arange(0, BLOCK_GP)
+    jj = lo + tl.arange(0, TOPK_SPLIT)
     jm = jj < end
-    valid = (g < G)[:, None] & jm[None, :]
-    sc_row = SC + b.to(tl.int64) * stride_scb + h * stride_sch + g[:, None] * stride_scg
+    valid = (gp < G)[:, None] & jm[None, :]
+    sc_row = SC + b.to(tl.int64) * stride_scb + h * stride_sch + gp[:, None] * stride_scg
     s = tl.load(sc_row + jj[None, :], mask=valid, other=float("-inf"))
     p = tl.where(valid, tl.math.exp2(s - lse[:, None]), 0.0)
     key = _pack_keys(tl.sum(p, axis=0), jj, jm)
-    top = tl.max(tl.reshape(tl.sort(key), [SPLIT // BLOCK_K, BLOCK_K]), axis=0)  # ascending
-    tl.store(TK + (bh * NUM_SPLITS + c) * BLOCK_K + tl.arange(0, BLOCK_K), top)
+    top = tl.max(tl.reshape(tl.sort(key), [TOPK_SPLIT // BLOCK_K, BLOCK_K]), axis=0)  # ascending
+    tl.store(TK + (bh * NUM_TOPK_SPLITS + c) * BLOCK_K + tl.arange(0, BLOCK_K), top)
 
 
 @triton.jit
@@ -278,37 +283,39 @@ def msa_decode_select(
         return pages
     block_g = max(16, triton.next_power_of_2(group))  # rows of the scoring dot: at least 16
     block_k = triton.next_power_of_2(max(topk_blocks, 1))
-    split = max(_SPLIT, block_k)
-    num_splits = triton.cdiv(max(max_blocks - sink_blocks, 1), split) if topk_blocks > 0 else 0
-    keys = torch.empty(num_seqs, num_kv_heads, max(num_splits, 1), block_k, dtype=torch.int64, device=q.device)
-    if num_splits > 0:
+    num_cand = max(max_blocks - sink_blocks, 1)  # upper bound on candidates of any sequence
+    score_split, topk_split = _SCORE_SPLIT, max(_TOPK_SPLIT, block_k)
+    num_score_splits = triton.cdiv(num_cand, score_split) if topk_blocks > 0 else 0
+    num_topk_splits = triton.cdiv(num_cand, topk_split) if topk_blocks > 0 else 0
+    keys = torch.empty(num_seqs, num_kv_heads, max(num_topk_splits, 1), block_k, dtype=torch.int64, device=q.device)
+    if topk_blocks > 0:
         scores = torch.empty(num_seqs, num_kv_heads, group, max_blocks, dtype=torch.float32, device=q.device)
-        part_m = torch.empty(num_seqs, num_kv_heads, num_splits, block_g, dtype=torch.float32, device=q.device)
+        part_m = torch.empty(num_seqs, num_kv_heads, num_score_splits, block_g, dtype=torch.float32, device=q.device)
         part_l = torch.empty_like(part_m)
-        common = dict(
-            G=group, S=block_size, SINK=sink_blocks, WINDOW=window_blocks, SPLIT=split, NUM_SPLITS=num_splits,
-            BLOCK_G=block_g,
-        )  # fmt: skip
-        _decode_scores_kernel[(num_seqs, num_kv_heads, num_splits)](
+        common = dict(G=group, S=block_size, SINK=sink_blocks, WINDOW=window_blocks, BLOCK_G=block_g)
+        _decode_scores_kernel[(num_seqs, num_kv_heads, num_score_splits)](
             q, kmean, kmin, kmax, block_tables, seq_lens, scores, part_m, part_l,
             q.stride(0), q.stride(1), kmean.stride(0), kmean.stride(1), block_tables.stride(0),
             *scores.stride()[:3],
             dense_below, head_dim, LOG2E / head_dim**0.5,
-            BLOCK_N=64, BLOCK_D=triton.next_power_of_2(head_dim), IS_BOUND=score == "bound",
-            IS_FP32=q.dtype == torch.float32, **common,
+            SCORE_SPLIT=score_split, NUM_SCORE_SPLITS=num_score_splits, BLOCK_N=min(64, score_split),
+            BLOCK_D=triton.next_power_of_2(head_dim), IS_BOUND=score == "bound", IS_FP32=q.dtype == torch.float32,
+            **common,
         )  # fmt: skip
-        _decode_topk_kernel[(num_seqs, num_kv_heads, num_splits)](
+        _decode_topk_kernel[(num_seqs, num_kv_heads, num_topk_splits)](
             scores, part_m, part_l, seq_lens, keys,
             *scores.stride()[:3],
             dense_below,
-            BLOCK_SPLITS=triton.next_power_of_2(num_splits), BLOCK_K=block_k, **common,
+            TOPK_SPLIT=topk_split, NUM_SCORE_SPLITS=num_score_splits, NUM_TOPK_SPLITS=num_topk_splits,
+            BLOCK_SCORE_SPLITS=triton.next_power_of_2(num_score_splits), BLOCK_GP=triton.next_power_of_2(group),
+            BLOCK_K=block_k, num_warps=8 if topk_split >= 1024 else 4, **common,
         )  # fmt: skip
     _decode_pages_kernel[(num_seqs, num_kv_heads)](
         keys, seq_lens, pages,
         pages.stride(0), pages.stride(1),
         dense_below,
         S=block_size, SINK=sink_blocks, WINDOW=window_blocks, TOPK=topk_blocks, NUM_PAGES=num_pages,
-        NUM_SPLITS=num_splits, BLOCK_SPLITS=triton.next_power_of_2(max(num_splits, 1)), BLOCK_K=block_k,
+        NUM_SPLITS=num_topk_splits, BLOCK_SPLITS=triton.next_power_of_2(max(num_topk_splits, 1)), BLOCK_K=block_k,
         BLOCK_PAGES=triton.next_power_of_2(num_pages),
     )  # fmt: skip
     return pages

@@ -77,7 +77,8 @@ def test_decode(group, dtype, score):
 def test_decode_many_splits(monkeypatch):
     from m3.kernels import msa_decode
 
-    monkeypatch.setattr(msa_decode, "_SPLIT", 8)  # several candidate splits per sequence
+    monkeypatch.setattr(msa_decode, "_SCORE_SPLIT", 4)  # several score and top-k splits per sequence
+    monkeypatch.setattr(msa_decode, "_TOPK_SPLIT", 8)
     batch = make_batch(DECODE_SPECS + [(700, 1)], num_kv_heads=2, group=4, head_dim=32, block_size=16, decode=True)
     check_decode(batch, {**KNOBS, "topk_blocks": 5})
     check_decode(batch, {**KNOBS, "topk_blocks": 0})

@@ -1,0 +1,93 @@
+"""The Triton kernels on a CUDA GPU against the references at real shapes: S=64, D=64/128, bf16 and fp16,
+G in {1,3,4,5,8}, unequal batches with lengths not multiple of 64, cached prefixes, contexts shorter than a block,
+tokens on both sides of dense_below, decode batches mixing padding, dense, short and long sequences, and a decode
+step replayed from a CUDA graph."""
+
+import os
+
+import pytest
+import torch
+from msa_cases import check_decode, check_kv_cache, check_prefill, make_batch, naive_prefill
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1", reason="needs a CUDA GPU"
+    ),
+]
+
+BF16, F16 = torch.bfloat16, torch.float16
+SPECS = [(0, 1000), (512, 300), (0, 37), (128, 200), (700, 1), (0, 0)]  # (cached before the step, query tokens)
+KNOBS = dict(block_size=64, sink_blocks=1, window_blocks=3, topk_blocks=4, score="bound", dense_below=300)
+DECODE_SPECS = [(20000, 1), (0, 0), (2, 1), (63, 1), (64, 1), (4999, 1), (129, 1), (300, 1), (0, 1)]
+DEFAULTS = dict(block_size=64, sink_blocks=1, window_blocks=16, topk_blocks=32, score="bound", dense_below=1024)
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16])
+def test_kv_cache(dtype):
+    check_kv_cache("cuda", dtype, num_kv_heads=8, head_dim=128, block_size=64)
+
+
+PREFILL_CASES = [  # (G, dtype, D, score)
+    (1, BF16, 128, "bound"), (3, F16, 64, "mean"), (4, BF16, 128, "bound"), (4, F16, 64, "bound"),
+    (5, BF16, 64, "bound"), (8, F16, 128, "mean"), (8, BF16, 64, "bound"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("group,dtype,head_dim,score", PREFILL_CASES)
+def test_prefill(group, dtype, head_dim, score):
+    batch = make_batch(SPECS, num_kv_heads=2, group=group, head_dim=head_dim, block_size=64, dtype=dtype,
+                       device="cuda", seed=group)  # fmt: skip
+    check_prefill(batch, {**KNOBS, "score": score})
+
+
+def test_prefill_default_knobs_long():
+    batch = make_batch([(0, 4133), (2048, 1500)], num_kv_heads=2, group=4, head_dim=128, block_size=64, dtype=BF16,
+                       device="cuda")  # fmt: skip
+    check_prefill(batch, DEFAULTS)
+
+
+def test_prefill_full_budget_is_dense():
+    batch = make_batch(SPECS, num_kv_heads=2, group=4, head_dim=128, block_size=64, dtype=BF16, device="cuda")
+    knobs = {**KNOBS, "topk_blocks": 16, "dense_below": 0}
+    from m3.kernels.msa_prefill import msa_prefill_attention
+
+    o = msa_prefill_attention(*batch.attention_args(), **knobs)
+    everything = torch.arange(20, dtype=torch.int32, device="cuda").expand(64, 2, 20)
+    ref32, lowp = naive_prefill(batch, everything, 0), naive_prefill(batch, everything, 0, upcast=False)
+    assert (o.float() - ref32).abs().max() <= 2 * (lowp - ref32).abs().max()
+
+
+DECODE_CASES = [(1, BF16, 128, "bound"), (3, F16, 64, "mean"), (4, BF16, 128, "bound"), (5, F16, 128, "bound"),
+                (8, BF16, 64, "mean")]  # fmt: skip
+
+
+@pytest.mark.parametrize("group,dtype,head_dim,score", DECODE_CASES)
+def test_decode(group, dtype, head_dim, score):
+    batch = make_batch(DECODE_SPECS, num_kv_heads=2, group=group, head_dim=head_dim, block_size=64, dtype=dtype,
+                       device="cuda", decode=True, seed=group)  # fmt: skip
+    check_decode(batch, {**DEFAULTS, "score": score, "dense_below": 256})
+
+
+def test_decode_cuda_graph():
+    from m3.kernels.msa_decode import msa_decode_attention
+
+    batch = make_batch(DECODE_SPECS, num_kv_heads=2, group=4, head_dim=128, block_size=64, dtype=BF16, device="cuda",
+                       decode=True)  # fmt: skip
+    knobs = {**DEFAULTS, "dense_below": 256}
+    q, lens = batch.q.clone(), batch.seq_lens.clone()
+    args = lambda: (q, batch.k_cache, batch.v_cache, batch.kmean, batch.kmin, batch.kmax, batch.block_tables, lens)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        msa_decode_attention(*args(), **knobs)  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = msa_decode_attention(*args(), **knobs)
+    # new step: other queries, shorter sequences (one becomes padding)
+    q.copy_(torch.randn_like(q))
+    lens.copy_((batch.seq_lens - 2).clamp(min=0))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, msa_decode_attention(*args(), **knobs))
