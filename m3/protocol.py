@@ -59,7 +59,7 @@ class _SamplingRequest(_Request):
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    repetition_penalty: float | None = Field(None, ge=0.01, le=10.0)  # NOTE: near 0 it overflows the logits
     ignore_eos: bool = False
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -75,8 +75,11 @@ async def sampling_params(
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 4:
         raise APIError(400, f"stop takes at most 4 sequences; got {len(stop)}", param="stop")
+    temperature = body.temperature
+    if temperature is not None and 0 < temperature < 1e-3:
+        temperature = 0.0  # NOTE: logits / 1e-300 overflow to inf; this close to 0 sampling is greedy anyway
     values = dict(
-        temperature=body.temperature,
+        temperature=temperature,
         top_p=body.top_p,
         top_k=body.top_k,
         min_p=body.min_p,

@@ -5,12 +5,15 @@ import json
 import socket
 import threading
 import time
+from types import SimpleNamespace
 
 import httpx
+import pytest
 import uvicorn
 
 from m3.engine.outputs import CompletionOutput, RequestOutput
 from m3.server.plans import DEFAULT_PLANS, Plan
+from tests.fixtures import MSA_TINY
 
 # the announcement's plans plus small ones that make limits reachable in a test
 TEST_PLANS = {
@@ -104,3 +107,29 @@ class ScriptedEngine:
 
     def shutdown(self):
         pass
+
+
+# -- fixtures (imported by the conftests of tests/server and tests/client) --
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir):
+    from m3.config import Config
+    from m3.engine.async_engine import AsyncEngine
+
+    engine = AsyncEngine(Config(model=tiny_model_dir, max_num_seqs=8, **MSA_TINY))
+    yield engine
+    engine.shutdown()
+
+
+@pytest.fixture(scope="session")
+def live(tiny_engine, tmp_path_factory):
+    """A server over the tiny engine with keys on every test plan: live.keys["max"], live.keys["tiny"], ..."""
+    from m3.server.app import create_app
+
+    db_url = f"sqlite:///{tmp_path_factory.mktemp('ledger') / 'm3.db'}"
+    app = create_app(tiny_engine, db_url, plans=TEST_PLANS, model_name="tiny", keepalive_s=0.5, checkpoint_s=0.2)
+    ledger = app.state.m3.ledger
+    keys = {plan: ledger.create_key(f"key-{plan}", plan)[1] for plan in TEST_PLANS}
+    with LiveServer(app) as server:
+        yield SimpleNamespace(
+            url=server.url, api=server.url + "/v1", keys=keys, ledger=ledger, app=app, engine=tiny_engine
+        )
