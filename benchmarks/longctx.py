@@ -14,6 +14,7 @@ MSA is exercised at 4K too). Writes benchmarks/results/longctx-<date>.json and t
 
 import argparse
 import datetime
+import json
 import os
 import sys
 
@@ -32,15 +33,33 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, conflict_handler="resolve"
     )
     add_longctx_args(ap)
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="only combine earlier results into --out (+ table, PNG)")
     ap.add_argument("--no-default-variants", action="store_true", help=f"leave out {', '.join(DEFAULT_VARIANTS)}")
     ap.set_defaults(tasks=TASKS, lengths=[4096, 8192], samples=4)
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     if not args.no_default_variants:
         args.variant = DEFAULT_VARIANTS + args.variant
     if args.out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
         args.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"longctx-{stamp}.json")
     run(args, extra={"machine": machine(), "command": "python benchmarks/longctx.py " + " ".join(sys.argv[1:])})
+    return 0
+
+
+def merge(paths: list[str], out: str | None) -> int:
+    from rich.console import Console
+
+    from m3.eval.longctx.report import merge_records, results_table, save_heatmap
+
+    if not out:
+        raise SystemExit("--merge needs --out")
+    record = merge_records([json.load(open(p)) for p in paths])
+    with open(out, "w") as f:
+        json.dump(record, f, indent=2)
+    Console().print(results_table(record))
+    print("wrote", out, save_heatmap(record, os.path.splitext(out)[0] + ".png") or "(no heat-map)")
     return 0
 
 

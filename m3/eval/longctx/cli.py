@@ -151,27 +151,35 @@ def run(args: argparse.Namespace, extra: dict | None = None) -> dict:
             + ", ".join(v.name for v in variants),
             file=sys.stderr,
         )
-    result = evaluate(samples, variants, max_concurrent=args.max_concurrent, progress=not args.quiet)
-    record = {
-        "benchmark": "longctx",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "model": args.model or "SmolLM2-135M-Instruct (default GGUF)",
-        "grid": {
-            "tasks": args.tasks,
-            "lengths": args.lengths,
-            "depths": args.depths,
-            "samples": args.samples,
-            "seed": args.seed,
-            "form": args.form,
-            "haystack": args.haystack,
-        },
-        **(extra or {}),
-        **result,
-        "total_seconds": round(time.monotonic() - start, 1),
-    }
     out = Path(args.out or f"benchmarks/results/longctx-{time.strftime('%Y%m%d-%H%M%S')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
+    grid = {
+        "tasks": args.tasks,
+        "lengths": args.lengths,
+        "depths": args.depths,
+        "samples": args.samples,
+        "seed": args.seed,
+        "form": args.form,
+        "haystack": args.haystack,
+    }
+
+    def write(result: dict) -> dict:
+        record = {
+            "benchmark": "longctx",
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "model": args.model or "SmolLM2-135M-Instruct (default GGUF)",
+            "grid": grid,
+            **(extra or {}),
+            **result,
+            "total_seconds": round(time.monotonic() - start, 1),
+        }
+        out.write_text(json.dumps(record, indent=2))
+        return record
+
+    result = evaluate(
+        samples, variants, max_concurrent=args.max_concurrent, progress=not args.quiet, on_variant_done=write
+    )
+    record = write(result)
     console = Console()
     console.print(results_table(record))
     png = save_heatmap(record, os.fspath(out.with_suffix(".png")))

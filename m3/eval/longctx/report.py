@@ -5,6 +5,21 @@ without it the PNG is skipped with a note.
 
 from rich.table import Table
 
+from m3.eval.longctx.runner import summarize
+
+
+def merge_records(records: list[dict]) -> dict:
+    """One record from runs of the same suite over different grids (e.g. one run per length): rows are pooled, the
+    summary recomputed, and each run's grid, timings and machine kept under "parts"."""
+    merged = {k: v for k, v in records[0].items() if k not in ("rows", "summary", "seconds", "grid", "total_seconds")}
+    merged["variants"] = {}
+    for r in records:
+        merged["variants"].update(r["variants"])
+    merged["rows"] = [row for r in records for row in r["rows"]]
+    merged["summary"] = summarize(merged["rows"])
+    merged["parts"] = [{k: r.get(k) for k in ("grid", "seconds", "total_seconds", "date", "command")} for r in records]
+    return merged
+
 
 def _cells(record: dict) -> dict[tuple, dict]:
     return {(c["variant"], c["task"], c["length"], c["depth"]): c for c in record["summary"]}

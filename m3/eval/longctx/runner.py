@@ -183,8 +183,10 @@ def evaluate(
     max_concurrent: int = 4,
     progress: bool = True,
     make_llm: Callable[[Config], object] | None = None,
+    on_variant_done: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Run every variant over the same samples; returns {"variants", "rows", "summary", "seconds"}."""
+    """Run every variant over the same samples; returns {"variants", "rows", "summary", "seconds"}.
+    on_variant_done gets that result so far after each variant (to save partial results of long runs)."""
     if make_llm is None:
         from m3.llm import LLM
 
@@ -210,6 +212,8 @@ def evaluate(
         seconds[v.name] = {"load": round(loaded - start, 1), "run": round(time.monotonic() - loaded, 1)}
         if share is not None:
             seconds[v.name]["last_msa_block_share"] = round(share, 3)
+        if on_variant_done is not None:
+            on_variant_done({"variants": configs, "rows": rows, "summary": summarize(rows), "seconds": seconds})
     return {"variants": configs, "rows": rows, "summary": summarize(rows), "seconds": seconds}
 
 
