@@ -11,7 +11,9 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -118,9 +120,17 @@ class Ledger:
             event.listen(self.engine, "connect", _sqlite_on_connect)
             event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         metadata.create_all(self.engine)
+        self._write_lock = threading.Lock() if self.is_sqlite else nullcontext()
 
     def close(self):
         self.engine.dispose()
+
+    @contextmanager
+    def _write(self):
+        """A write transaction. On SQLite, threads of this process queue on a lock first: SQLite's own busy
+        handler sleeps in steps of up to 50 ms, which under concurrent requests costs far more than the write."""
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
 
     # -- keys --
     def create_key(self, name: str, plan: str) -> tuple[ApiKey, str]:
@@ -128,7 +138,7 @@ class Ledger:
         key_id = secrets.token_hex(6)
         key = f"m3-{key_id}-{secrets.token_urlsafe(32)}"
         now = time.time()
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             if conn.execute(sa.select(api_keys.c.id).where(api_keys.c.name == name)).first() is not None:
                 raise ValueError(f"a key named {name!r} already exists")
             row_id = conn.execute(
@@ -142,7 +152,7 @@ class Ledger:
         return [_key(r) for r in rows]
 
     def revoke_key(self, name: str) -> ApiKey:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             row = conn.execute(sa.select(api_keys).where(api_keys.c.name == name)).first()
             if row is None:
                 raise ValueError(f"no key named {name!r}")
@@ -177,7 +187,7 @@ class Ledger:
     ) -> None:
         """Book `tokens` (prompt + the most the request may generate) against today's quota, or raise QuotaExceeded."""
         day, now = today(), time.time()
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             used = self._lock_quota(conn, key.id, day)
             if daily_limit is not None and used + tokens > daily_limit:
                 raise QuotaExceeded(daily_limit, used, tokens)
@@ -200,7 +210,7 @@ class Ledger:
 
     def checkpoint(self, request_id: str, completion_tokens: int) -> None:
         """Record progress of a running request, so a crash bills what was generated up to here."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 usage.update()
                 .where(usage.c.request_id == request_id, usage.c.status == "reserved")
@@ -209,13 +219,13 @@ class Ledger:
 
     def settle(self, request_id: str, prompt_tokens: int, completion_tokens: int, status: str = "settled") -> None:
         """Replace the reservation by the real count (status: settled | failed). Idempotent."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             self._settle(conn, request_id, prompt_tokens, completion_tokens, status)
 
     def recover(self, stale_after_s: float = 0.0) -> int:
         """Settle reservations left by a dead process from their last checkpoint; returns how many."""
         cutoff = time.time() - stale_after_s
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             rows = conn.execute(
                 sa.select(usage).where(usage.c.status == "reserved", usage.c.updated_at <= cutoff)
             ).all()
