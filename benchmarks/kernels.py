@@ -32,10 +32,11 @@ KNOBS = dict(block_size=S, sink_blocks=1, window_blocks=16, topk_blocks=32, scor
 CEILING_TFLOPS = 770.0  # benchmarks.md anchor: bf16 matmul on one H200
 CONTEXTS = [32 * 1024, 128 * 1024, 512 * 1024, 1024 * 1024]
 PREFILL_CONFIGS = [  # sparse attention tiles tried at 128K; the fastest is used everywhere
-    dict(BLOCK_M=128, num_warps=8, num_stages=3),
-    dict(BLOCK_M=128, num_warps=8, num_stages=2),
-    dict(BLOCK_M=64, num_warps=4, num_stages=3),
-    dict(BLOCK_M=64, num_warps=4, num_stages=2),
+    dict(BLOCK_M=128, PAGES=1, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, PAGES=1, num_warps=8, num_stages=2),
+    dict(BLOCK_M=128, PAGES=2, num_warps=8, num_stages=2),
+    dict(BLOCK_M=128, PAGES=2, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, PAGES=1, num_warps=4, num_stages=3),
 ]
 SELECT_CONFIGS = [dict(BLOCK_Q=32), dict(BLOCK_Q=16), dict(BLOCK_Q=32, BLOCK_N=128)]  # (4 warps spill on sm_90)
 

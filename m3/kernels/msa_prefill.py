@@ -17,25 +17,20 @@ from m3.kernels.paged_ref import prefill_query_blocks
 
 
 @triton.jit
-def _attend_page(
-    acc, m_i, l_i, q, K_CACHE, V_CACHE, bt_row, j, kv_offs, v_offs, stride_kb, stride_vb, qk_scale, mask, kv_ok, dm,
-    MASKED: tl.constexpr, EVEN_D: tl.constexpr, IS_FP32: tl.constexpr,
+def _attend(
+    acc, m_i, l_i, q, k_ptrs, v_ptrs, qk_scale, mask, kv_mask,
+    LOAD_MASK: tl.constexpr, SCORE_MASK: tl.constexpr, IS_FP32: tl.constexpr,
 ):  # fmt: skip
-    """One page (S keys) of online softmax for the tile: acc (M, D), m_i, l_i (M,) in the log2 domain."""
-    phys = tl.load(bt_row + j).to(tl.int64)
-    if MASKED:
+    """One tile of keys (N, D) of online softmax for the query tile: acc (M, D), m_i, l_i (M,) in the log2 domain."""
+    if LOAD_MASK:
         # NOTE: keys past the sequence end are unwritten (possibly NaN): p = 0 is not enough, v must be zeroed too
-        kmask = kv_ok[:, None] & dm[None, :]
-        k = tl.load(K_CACHE + phys * stride_kb + kv_offs, mask=kmask, other=0.0)
-        v = tl.load(V_CACHE + phys * stride_vb + v_offs, mask=kmask, other=0.0)
-    elif EVEN_D:
-        k = tl.load(K_CACHE + phys * stride_kb + kv_offs)
-        v = tl.load(V_CACHE + phys * stride_vb + v_offs)
+        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
     else:
-        k = tl.load(K_CACHE + phys * stride_kb + kv_offs, mask=dm[None, :], other=0.0)
-        v = tl.load(V_CACHE + phys * stride_vb + v_offs, mask=dm[None, :], other=0.0)
-    s = _dot(q, tl.trans(k), IS_FP32) * qk_scale  # (M, S)
-    if MASKED:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    s = _dot(q, tl.trans(k), IS_FP32) * qk_scale  # (M, N)
+    if SCORE_MASK:
         s = tl.where(mask, s, float("-inf"))
     # -- online softmax update --
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -53,7 +48,7 @@ def _prefill_kernel(
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_selq, stride_selh, stride_bt,
     dense_below, head_dim, qk_scale,
-    G: tl.constexpr, S: tl.constexpr, NUM_SEL: tl.constexpr, N_MTILES: tl.constexpr,
+    G: tl.constexpr, S: tl.constexpr, NUM_SEL: tl.constexpr, N_MTILES: tl.constexpr, PAGES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SEL: tl.constexpr, EVEN_D: tl.constexpr,
     IS_FP32: tl.constexpr,
 ):  # fmt: skip
@@ -87,7 +82,7 @@ def _prefill_kernel(
         other=0.0,
     )
     s_idx = tl.arange(0, S)
-    kv_offs = s_idx[:, None] * stride_ks + h * stride_kh + d[None, :]
+    k_offs = s_idx[:, None] * stride_ks + h * stride_kh + d[None, :]  # one page (S, D)
     v_offs = s_idx[:, None] * stride_vs + h * stride_vh + d[None, :]
     bt_row = BT + b.to(tl.int64) * stride_bt
     sel_row = SEL + w.to(tl.int64) * stride_selq + h * stride_selh
@@ -103,26 +98,48 @@ def _prefill_kernel(
             sj = tl.load(sel_row + ptr, mask=ptr < NUM_SEL, other=-1)
             hit = sj == j
             ptr += hit.to(tl.int32)
-            allowed = (is_dense | hit)[:, None] & all_keys[None, :]
-            acc, m_i, l_i = _attend_page(
-                acc, m_i, l_i, q, K_CACHE, V_CACHE, bt_row, j, kv_offs, v_offs, stride_kb, stride_vb, qk_scale,
-                allowed, all_keys, dm, True, EVEN_D, IS_FP32,
+            phys = tl.load(bt_row + j).to(tl.int64)
+            acc, m_i, l_i = _attend(
+                acc, m_i, l_i, q, K_CACHE + phys * stride_kb + k_offs, V_CACHE + phys * stride_vb + v_offs,
+                qk_scale, (is_dense | hit)[:, None] & all_keys[None, :], dm[None, :], not EVEN_D, True, IS_FP32,
             )  # fmt: skip
     else:
-        # -- selected pages before the current block: fully visible, no mask --
+        # -- selected pages before the current block: fully visible, PAGES pages per step --
         sv = tl.load(sel_row + tl.arange(0, BLOCK_SEL), mask=tl.arange(0, BLOCK_SEL) < NUM_SEL, other=-1)
-        num_sel = tl.sum((sv >= 0).to(tl.int32), axis=0)
-        for it in range(0, num_sel - 1):
-            j = tl.load(sel_row + it)
-            acc, m_i, l_i = _attend_page(
-                acc, m_i, l_i, q, K_CACHE, V_CACHE, bt_row, j, kv_offs, v_offs, stride_kb, stride_vb, qk_scale,
-                row_ok[:, None], all_keys, dm, False, EVEN_D, IS_FP32,
-            )  # fmt: skip
+        num_full = tl.sum((sv >= 0).to(tl.int32), axis=0) - 1
+        rows = tl.arange(0, PAGES * S)
+        page = rows // S
+        rk_offs = (rows % S)[:, None] * stride_ks + h * stride_kh + d[None, :]  # PAGES pages (PAGES * S, D)
+        rv_offs = (rows % S)[:, None] * stride_vs + h * stride_vh + d[None, :]
+        for it in range(0, num_full // PAGES):
+            if PAGES == 1:
+                phys = tl.load(bt_row + tl.load(sel_row + it)).to(tl.int64)
+                k_ptrs = K_CACHE + phys * stride_kb + k_offs
+                v_ptrs = V_CACHE + phys * stride_vb + v_offs
+            else:
+                phys = tl.load(bt_row + tl.load(sel_row + it * PAGES + page)).to(tl.int64)  # (PAGES * S,)
+                k_ptrs = K_CACHE + phys[:, None] * stride_kb + rk_offs
+                v_ptrs = V_CACHE + phys[:, None] * stride_vb + rv_offs
+            acc, m_i, l_i = _attend(
+                acc, m_i, l_i, q, k_ptrs, v_ptrs, qk_scale, row_ok[:, None], dm[None, :], not EVEN_D, False, IS_FP32
+            )
+        if PAGES > 1:
+            rem = num_full % PAGES
+            if rem > 0:
+                ok = page < rem
+                jv = tl.load(sel_row + (num_full - rem) + page, mask=ok, other=0)
+                phys = tl.load(bt_row + jv, mask=ok, other=0).to(tl.int64)
+                acc, m_i, l_i = _attend(
+                    acc, m_i, l_i, q, K_CACHE + phys[:, None] * stride_kb + rk_offs,
+                    V_CACHE + phys[:, None] * stride_vb + rv_offs, qk_scale, ok[None, :], ok[:, None] & dm[None, :],
+                    True, True, IS_FP32,
+                )  # fmt: skip
     # -- the current block: token-causal --
     key_pos = i * S + s_idx
-    acc, m_i, l_i = _attend_page(
-        acc, m_i, l_i, q, K_CACHE, V_CACHE, bt_row, i, kv_offs, v_offs, stride_kb, stride_vb, qk_scale,
-        key_pos[None, :] <= q_pos[:, None], key_pos < seq_len, dm, True, EVEN_D, IS_FP32,
+    phys = tl.load(bt_row + i).to(tl.int64)
+    acc, m_i, l_i = _attend(
+        acc, m_i, l_i, q, K_CACHE + phys * stride_kb + k_offs, V_CACHE + phys * stride_vb + v_offs, qk_scale,
+        key_pos[None, :] <= q_pos[:, None], (key_pos < seq_len)[:, None] & dm[None, :], True, True, IS_FP32,
     )  # fmt: skip
     o = acc / l_i[:, None]
     o_ptr = OUT + tok[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
@@ -137,7 +154,7 @@ def prefill_config(group: int, block_size: int, head_dim: int) -> dict:
     else:
         cost = {bm: triton.cdiv(rows, bm) * bm * (1.25 if bm == 64 else 1.0) for bm in (64, 128)}
         block_m = min(cost, key=cost.get)
-    return dict(BLOCK_M=block_m, num_warps=8 if block_m >= 128 else 4, num_stages=3 if head_dim <= 128 else 2)
+    return dict(BLOCK_M=block_m, PAGES=1, num_warps=8 if block_m >= 128 else 4, num_stages=3 if head_dim <= 128 else 2)
 
 
 def prefill_sparse_rows(

@@ -255,7 +255,10 @@ def check_kv_cache(device: str, dtype: torch.dtype, *, num_kv_heads=2, head_dim=
     torch.testing.assert_close(sums[0].float(), sums[3].float(), atol=tol, rtol=tol)  # mean: summation order
 
 
-def check_prefill(batch: Batch, knobs: dict, select_config: dict | None = None, exact: bool | None = None):
+def check_prefill(
+    batch: Batch, knobs: dict, select_config: dict | None = None, attn_config: dict | None = None,
+    exact: bool | None = None,
+):  # fmt: skip
     """Kernel prefill (selection + attention) vs the references; returns (kernel error, bar)."""
     from m3.kernels.msa_prefill import prefill_sparse_rows
     from m3.kernels.msa_select import prefill_select_rows
@@ -264,7 +267,7 @@ def check_prefill(batch: Batch, knobs: dict, select_config: dict | None = None, 
     S, dense_below = knobs["block_size"], knobs["dense_below"]
     qb_seq, qb_ids = prefill_query_blocks(batch.q.shape[0], batch.q_start, batch.seq_lens, S)
     sel = prefill_select_rows(*batch.select_args(), qb_seq, qb_ids, **knobs, config=select_config)
-    o = prefill_sparse_rows(*batch.sparse_args(), sel, qb_seq, qb_ids, dense_below=dense_below)
+    o = prefill_sparse_rows(*batch.sparse_args(), sel, qb_seq, qb_ids, dense_below=dense_below, config=attn_config)
     # -- selection: same forced blocks, same (or equally heavy) chosen blocks --
     sel_r = msa_prefill_select_ref(*batch.select_args(), **knobs)
     qbar = prefill_qbar_ref(batch.q, batch.cu_seqlens_q, batch.q_start, batch.seq_lens, block_size=S,

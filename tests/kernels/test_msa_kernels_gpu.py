@@ -47,6 +47,13 @@ def test_prefill_default_knobs_long():
     check_prefill(batch, DEFAULTS)
 
 
+@pytest.mark.parametrize("group,dtype,head_dim", [(4, BF16, 128), (5, F16, 64)])
+def test_prefill_two_pages_per_step(group, dtype, head_dim):
+    batch = make_batch(SPECS, num_kv_heads=2, group=group, head_dim=head_dim, block_size=64, dtype=dtype,
+                       device="cuda", seed=7)  # fmt: skip
+    check_prefill(batch, {**KNOBS, "topk_blocks": 5}, attn_config=dict(PAGES=2, num_stages=2))
+
+
 def test_prefill_full_budget_is_dense():
     batch = make_batch(SPECS, num_kv_heads=2, group=4, head_dim=128, block_size=64, dtype=BF16, device="cuda")
     knobs = {**KNOBS, "topk_blocks": 16, "dense_below": 0}

@@ -47,6 +47,13 @@ def test_prefill(group, dtype, head_dim, score):
     check_prefill(batch, {**KNOBS, "score": score})
 
 
+@pytest.mark.parametrize("group,dtype", [(3, F16), (8, BF16)])
+def test_prefill_two_pages_per_step(group, dtype):
+    # odd and even numbers of selected pages: the last step of a row may hold one page
+    batch = make_batch(SPECS, num_kv_heads=2, group=group, head_dim=32, block_size=16, dtype=dtype, seed=5)
+    check_prefill(batch, {**KNOBS, "topk_blocks": 4, "dense_below": 20}, attn_config=dict(PAGES=2))
+
+
 def test_prefill_odd_head_dim_no_sinks_all_msa():
     batch = make_batch(SPECS, num_kv_heads=2, group=3, head_dim=24, block_size=16)
     check_prefill(batch, {**KNOBS, "sink_blocks": 0, "dense_below": 0})
