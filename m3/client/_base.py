@@ -37,9 +37,9 @@ MAX_RETRY_AFTER_S = 60.0
 class Progress:
     """Reported to `on_progress` callbacks: prefill of a long prompt, then generation."""
 
-    phase: str  # "prefill" | "generate"
-    done: int  # prompt tokens processed, or completion tokens received
-    total: int | None  # prompt length, or max_tokens when known
+    phase: str  # "count" (analyze, before sending) | "prefill" | "generate"
+    done: int  # prompt tokens counted or processed, or completion tokens received
+    total: int | None  # the context limit, the prompt length, or max_tokens when known
 
 
 @dataclass
@@ -126,6 +126,8 @@ class BaseClient:
         messages = analysis_messages(packed.text if packed else context, task)
         model = model or self.model
         count = yield Call("POST", "/tokenize", {"model": model, "messages": messages}, TokenizeResponse)
+        if on_progress is not None:
+            on_progress(Progress("count", count.count, count.max_model_len))
         total = count.count + max_tokens
         if total > count.max_model_len:
             raise ContextTooLongError(

@@ -206,7 +206,7 @@ def cmd_usage(args) -> int:
 
 def cmd_analyze(args) -> int:
     from m3.analyze import pack_path
-    from m3.client import M3, ContextTooLongError
+    from m3.client import M3, ContextTooLongError, M3Error
 
     packed = pack_path(args.path)
     print(
@@ -218,7 +218,9 @@ def cmd_analyze(args) -> int:
     counted = {}
 
     def progress(p):
-        if p.phase == "prefill":
+        if p.phase == "count":
+            print(f"prompt: {p.done:,} tokens of the model's {p.total:,}-token context", file=sys.stderr)
+        elif p.phase == "prefill":
             print(f"\r[prefill {p.done:,}/{p.total:,} tokens]", end="", file=sys.stderr, flush=True)
 
     try:
@@ -230,15 +232,18 @@ def cmd_analyze(args) -> int:
             stream=True,
             on_progress=progress,
         )
+        for chunk in stream:
+            for c in chunk.choices:
+                sys.stdout.write(c.delta.content or "")
+                sys.stdout.flush()
+            if chunk.usage is not None:
+                counted["usage"] = chunk.usage
     except ContextTooLongError as exc:
         print(f"m3 analyze: does not fit: {exc}", file=sys.stderr)
         return 1
-    for chunk in stream:
-        for c in chunk.choices:
-            sys.stdout.write(c.delta.content or "")
-            sys.stdout.flush()
-        if chunk.usage is not None:
-            counted["usage"] = chunk.usage
+    except M3Error as exc:
+        print(f"m3 analyze: {exc}", file=sys.stderr)
+        return 1
     sys.stdout.write("\n")
     if "usage" in counted:
         u = counted["usage"]

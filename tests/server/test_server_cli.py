@@ -112,4 +112,5 @@ def test_analyze_command_reports_the_overflow(live, capsys, tmp_path):
         "4",
     )
     assert code == 0 and "packed 1 file(s)" in err and "prompt +" in err
+    assert "tokens of the model's 512-token context" in err
     assert os.path.exists(small)
