@@ -22,9 +22,9 @@ fi
 
 elapsed=$(( $(date +%s) - start ))
 budget=${BENCH_BUDGET_S:-$(( 450 - elapsed ))}
-[ "$budget" -lt 150 ] && budget=150
+[ "$budget" -lt 120 ] && budget=120
 echo "== benchmarks/kernels.py (budget ${budget} s)"
-timeout $(( budget + 90 )) $PY benchmarks/kernels.py --out "$OUT/kernels.json" --budget-s "$budget" 2>&1 \
+timeout $(( budget + 60 )) $PY benchmarks/kernels.py --out "$OUT/kernels.json" --budget-s "$budget" 2>&1 \
   | tee "$OUT/kernels_log.txt"
 bench_rc=${PIPESTATUS[0]}
 

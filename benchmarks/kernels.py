@@ -264,7 +264,7 @@ def msa_prefill_section(run: Run, n: int):
     run.selections[n] = (sel[: n // S].cpu(), t["qb_ids"][: n // S].cpu())
 
 
-def _sdpa(backend: str, q, k, v, gqa: bool):
+def _sdpa(backend: str, q, k, v, gqa: bool, causal: bool):
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -272,8 +272,8 @@ def _sdpa(backend: str, q, k, v, gqa: bool):
          "efficient": SDPBackend.EFFICIENT_ATTENTION}[backend]  # fmt: skip
     with sdpa_kernel([b]):
         if gqa:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=True)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
 def dense_prefill_section(run: Run, n: int, backend: str, dense_max_s: float):
@@ -298,10 +298,10 @@ def dense_prefill_section(run: Run, n: int, backend: str, dense_max_s: float):
     v = torch.randn(1, HKV, n, D, dtype=torch.bfloat16, device="cuda")
     layout = "gqa"
     try:
-        _sdpa(backend, q[:, :, :256], k[:, :, :256], v[:, :, :256], gqa=True)
+        _sdpa(backend, q[:, :, :256], k[:, :, :256], v[:, :, :256], gqa=True, causal=True)
     except Exception:  # noqa: BLE001 - this backend has no GQA: give it the expanded K/V (not timed)
         k, v, layout = k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), "kv expanded to 32 heads"
-    fn = lambda: _sdpa(backend, q, k, v, gqa=layout == "gqa")
+    fn = lambda: _sdpa(backend, q, k, v, gqa=layout == "gqa", causal=True)
     r = timeit(fn, reps=5, warmup=1)
     flops = 4 * D * H * n * (n + 1) / 2
     rec[backend] = dict(**r, layout=layout, tflops=flops / r["median_ms"] / 1e9)
@@ -413,14 +413,15 @@ def decode_section(run: Run, n: int, batch: int):
     rec["msa_eager"] = timeit(lambda: msa_decode_attention(*args, **KNOBS), reps=20, warmup=2, inner=5)
     del graph, k_cache, v_cache
     torch.cuda.empty_cache()
-    # dense: SDPA over each sequence's whole cache (contiguous (B, Hkv, n, D), GQA-native where supported)
+    # dense: SDPA over each sequence's whole cache (B, Hkv, n, D); GQA by folding the G query heads of a KV head into
+    # G query rows (non-causal: they all sit at the last position), so every backend reads each key once
     kd = torch.randn(batch, HKV, n, D, dtype=bf, device=dev)
     vd = torch.randn_like(kd)
-    qd = q[:, :, None, :].contiguous()  # (B, H, 1, D)
+    qd = q.view(batch, HKV, G, D)
     for backend in ("flash", "cudnn", "efficient"):
         try:
-            _sdpa(backend, qd, kd, vd, gqa=True)
-            fn = lambda backend=backend: _sdpa(backend, qd, kd, vd, gqa=True)
+            fn = lambda backend=backend: _sdpa(backend, qd, kd, vd, gqa=False, causal=False)
+            fn()
             rec[f"dense_{backend}"] = timeit(fn, reps=30, warmup=3, flush=flush)
         except Exception as e:  # noqa: BLE001
             rec[f"dense_{backend}"] = dict(error=f"{type(e).__name__}: {e}"[:300])
