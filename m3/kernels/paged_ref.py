@@ -41,8 +41,11 @@ def query_block_counts(q_start: torch.Tensor, seq_lens: torch.Tensor, block_size
 def segment_rows(counts: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows 0..num_rows-1 laid out as consecutive segments of `counts` (B,): (segment, offset) of each row, -1 past
     the end. Device-side torch only, so it needs no host sync (and can sit in a CUDA graph)."""
-    cum = torch.cumsum(counts, 0)  # (B,) int64
     rows = torch.arange(num_rows, device=counts.device)
+    if counts.numel() == 0:
+        none = torch.full_like(rows, -1, dtype=torch.int32)
+        return none, none.clone()
+    cum = torch.cumsum(counts, 0)  # (B,) int64
     seg = torch.searchsorted(cum, rows, right=True)
     valid = seg < counts.shape[0]
     seg_c = seg.clamp(max=max(counts.shape[0] - 1, 0))

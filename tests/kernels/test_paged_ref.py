@@ -75,3 +75,9 @@ def test_one_token_prefill_equals_decode():
     o_dec = msa_decode_attention_ref(*batch.decode_args(), **KNOBS, score="mean")
     o_pre = msa_prefill_attention_ref(*batch.attention_args(), **KNOBS, score="mean")
     torch.testing.assert_close(o_pre, o_dec, atol=1e-6, rtol=1e-6)
+
+
+def test_empty_batch():
+    empty = torch.zeros(0, dtype=torch.int32)
+    seq, ids = prefill_query_blocks(0, empty, empty, 16)
+    assert seq.shape == ids.shape == (0,)
