@@ -131,6 +131,8 @@ class ModelRunner:
             block_tables=t(tables, torch.int32),
             filled_blocks=t(filled),
             filled_block_starts=t(filled_starts),
+            q_start_t=t(q_start, torch.int32),
+            seq_lens_t=t(seq_lens, torch.int32),
         )
         return t(input_ids), meta, sample_rows
 

@@ -27,6 +27,8 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # (B, max_blocks) physical block of each logical block, -1 padded
     filled_blocks: torch.Tensor  # (M,) physical blocks that became full this step
     filled_block_starts: torch.Tensor  # (M,) absolute position of the first token of each filled block
+    q_start_t: torch.Tensor | None = None  # (B,) int32 copies on the device, for the fast kernels
+    seq_lens_t: torch.Tensor | None = None
 
 
 @dataclass
@@ -61,6 +63,31 @@ class MSAParams:
     trained_len: int  # "auto" remaps query blocks that reach past this
 
 
+def _kernels():
+    """The Triton ops as one namespace, or None where Triton is missing (then the references run)."""
+    global _KERNELS
+    if _KERNELS is False:
+        try:
+            from types import SimpleNamespace
+
+            from m3.kernels.kv_cache import store_kv, summarize_blocks
+            from m3.kernels.msa_decode import msa_decode_attention
+            from m3.kernels.msa_prefill import msa_prefill_attention
+
+            _KERNELS = SimpleNamespace(
+                store_kv=store_kv,
+                summarize_blocks=summarize_blocks,
+                msa_decode_attention=msa_decode_attention,
+                msa_prefill_attention=msa_prefill_attention,
+            )
+        except ImportError:
+            _KERNELS = None
+    return _KERNELS
+
+
+_KERNELS = False  # not looked up yet
+
+
 class PagedAttention(torch.nn.Module):
     """softmax(q k^T / sqrt(D)) v over the cache, for one layer; q/k arrive already rotated."""
 
@@ -75,6 +102,8 @@ class PagedAttention(torch.nn.Module):
 
     def forward(self, q: torch.Tensor, q_raw: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata):
         """q, q_raw (T, H, D) post/pre-RoPE queries; k, v (T, Hkv, D) new keys (post-RoPE) and values."""
+        if q.is_cuda and _kernels() is not None and not self._any_remap(meta):
+            return self._forward_kernels(q, k, v, meta)
         cache = self.cache
         store_kv_ref(k, v, cache.k, cache.v, meta.slot_mapping)
         self._summarize(meta)
@@ -89,18 +118,75 @@ class PagedAttention(torch.nn.Module):
             out[s:e] = self._attend_seq(q[s:e], q_raw[s:e], meta.positions[s:e], meta, b)
         return out
 
+    def _forward_kernels(self, q, k, v, meta: AttentionMetadata) -> torch.Tensor:
+        """The Triton path (docs/kernels.md): batched over sequences, no per-sequence Python."""
+        ops, cache, p = _kernels(), self.cache, self.msa
+        ops.store_kv(k, v, cache.k, cache.v, meta.slot_mapping)
+        if meta.filled_blocks.numel():
+            ops.summarize_blocks(cache.k, meta.filled_blocks, cache.kmean, cache.kmin, cache.kmax)
+            if cache.raw_kmean is not None:
+                self._summarize_raw(meta)
+        # a dense layer is MSA with every query below dense_below: the kernels then walk every earlier block
+        dense_below = p.dense_below if p.use_msa else max(meta.seq_lens) + 1
+        knobs = dict(
+            block_size=p.block_size,
+            sink_blocks=p.sink_blocks,
+            window_blocks=p.window_blocks,
+            topk_blocks=p.topk_blocks,
+            score=p.score,
+            dense_below=dense_below,
+        )
+        kmin = cache.kmin if p.score == "bound" else None
+        kmax = cache.kmax if p.score == "bound" else None
+        if len(meta.seq_lens) == q.shape[0]:  # one query token per sequence: a decode step
+            out = ops.msa_decode_attention(
+                q, cache.k, cache.v, cache.kmean, kmin, kmax, meta.block_tables, meta.seq_lens_t, **knobs
+            )
+        else:
+            out = ops.msa_prefill_attention(
+                q,
+                cache.k,
+                cache.v,
+                cache.kmean,
+                kmin,
+                kmax,
+                meta.block_tables,
+                meta.cu_seqlens_q,
+                meta.q_start_t,
+                meta.seq_lens_t,
+                **knobs,
+            )
+        self._record_share(meta, dense_below)
+        return out
+
+    def _record_share(self, meta: AttentionMetadata, dense_below: int):
+        # every sparse selection holds min(K, blocks so far): the share follows from the lengths alone
+        bs, p = self.msa.block_size, self.msa
+        width = p.sink_blocks + p.window_blocks + 1 + p.topk_blocks
+        shares = [min(width, -(-n // bs)) / -(-n // bs) for n in meta.seq_lens if n > dense_below]
+        if shares:
+            self.last_selected_share = sum(shares) / len(shares)
+
+    def _any_remap(self, meta: AttentionMetadata) -> bool:
+        p = self.msa
+        if not p.use_msa or p.positions == "true":
+            return False
+        return p.positions == "remap" or max(meta.seq_lens) > p.trained_len
+
     # -- helpers --
     def _summarize(self, meta: AttentionMetadata):
-        cache, bs = self.cache, self.msa.block_size
+        cache = self.cache
         if meta.filled_blocks.numel() == 0:
             return
         summarize_blocks_ref(cache.k, meta.filled_blocks, cache.kmean, cache.kmin, cache.kmax)
         if cache.raw_kmean is not None:
-            pos = meta.filled_block_starts[:, None] + torch.arange(bs, device=cache.k.device)  # (M, S)
-            cos, sin = self.rotary.cos_sin(pos)
-            summarize_blocks_ref(
-                cache.k, meta.filled_blocks, cache.raw_kmean, cache.raw_kmin, cache.raw_kmax, (cos, sin)
-            )
+            self._summarize_raw(meta)
+
+    def _summarize_raw(self, meta: AttentionMetadata):
+        cache, bs = self.cache, self.msa.block_size
+        pos = meta.filled_block_starts[:, None] + torch.arange(bs, device=cache.k.device)  # (M, S)
+        cos, sin = self.rotary.cos_sin(pos)
+        summarize_blocks_ref(cache.k, meta.filled_blocks, cache.raw_kmean, cache.raw_kmin, cache.raw_kmax, (cos, sin))
 
     def _all_dense(self, meta: AttentionMetadata, b: int) -> bool:
         return not self.msa.use_msa or meta.seq_lens[b] <= self.msa.dense_below
