@@ -48,10 +48,10 @@ class ModelRunner:
             for i in range(args.num_layers)
         ]
         with torch.device("meta"):
-            model = CausalLM(args, msa)
+            model = CausalLM(args, msa).to(self.dtype)  # no memory yet: 7B in float32 would not be wasted
         model = model.to_empty(device=self.device)
         model.load_weights(state_dict)
-        self.model = model.to(self.dtype).eval()
+        self.model = model.eval()
         self.sampler = Sampler()
         self.generator = torch.Generator()
         if config.sampling_seed is None:

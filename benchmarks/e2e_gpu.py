@@ -1,0 +1,155 @@
+"""End to end on one GPU: a Qwen2.5-7B-shaped model with random bf16 weights through m3's engine core (scheduler,
+paged KV, chunked prefill, model runner with the Triton MSA kernels): time to first token, decode tokens/s and peak
+GPU memory at long contexts, MSA vs dense. Everything here is end to end (all 28 layers, MLPs, LM head).
+
+NOTE: positions="true" for both: remapped positions run on the reference path (docs/kernels.md), and speed does
+not depend on the weights. Dense at the longest contexts is fitted and extrapolated (labelled) when it would not fit
+the time budget.
+Usage: python benchmarks/e2e_gpu.py --out results.json [--msa 131072,524288,1048576] [--dense 65536,131072]
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import write_record  # noqa: E402
+
+from m3.config import Config  # noqa: E402
+from m3.engine.block_manager import BlockManager  # noqa: E402
+from m3.engine.model_runner import ModelRunner  # noqa: E402
+from m3.engine.scheduler import Scheduler  # noqa: E402
+from m3.engine.sequence import Sequence  # noqa: E402
+from m3.models.args import ModelArgs  # noqa: E402
+from m3.models.llama import CausalLM  # noqa: E402
+from m3.sampling_params import SamplingParams  # noqa: E402
+
+QWEN25_7B = ModelArgs(
+    architecture="qwen2",
+    vocab_size=152064,
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_layers=28,
+    num_heads=28,
+    num_kv_heads=4,
+    head_dim=128,
+    rms_norm_eps=1e-6,
+    rope_theta=1e6,
+    rope_scaling=None,
+    max_position_embeddings=32768,
+    tie_word_embeddings=False,
+    attention_bias=True,
+    qk_norm=False,
+)
+CHUNK = 16384
+
+
+def random_weights(args: ModelArgs) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        shapes = {n: p.shape for n, p in CausalLM(args, [None] * args.num_layers).named_parameters()}
+    g = torch.Generator(device="cuda").manual_seed(0)
+    out = {}
+    for name, shape in shapes.items():
+        t = torch.randn(shape, generator=g, device="cuda", dtype=torch.bfloat16) * 0.02
+        out[name] = t + 1 if name.endswith("norm.weight") else t
+    return out
+
+
+def run(runner: ModelRunner, context: int, decode_tokens: int) -> dict:
+    blocks = BlockManager(runner.num_blocks, runner.block_size)
+    sched = Scheduler(blocks, max_num_seqs=1, max_num_batched_tokens=CHUNK)
+    g = torch.Generator().manual_seed(context)
+    prompt = torch.randint(0, QWEN25_7B.vocab_size, (context,), generator=g).tolist()
+    seq = Sequence("bench", 0, prompt, SamplingParams(temperature=0.0, max_tokens=decode_tokens + 1), None)
+    sched.add(seq)
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    step_times = []
+    while len(seq) - seq.num_prompt_tokens < decode_tokens + 1:
+        batch = sched.schedule()
+        ts = time.perf_counter()
+        results = runner.run(batch)
+        seq.num_computed_tokens += batch.num_tokens[0]
+        if results[0] is not None:
+            seq.token_ids.append(results[0][0])
+            torch.cuda.synchronize()
+            step_times.append(time.perf_counter() - (t0 if len(step_times) == 0 else ts))
+    decode = sorted(step_times[1:])
+    return {
+        "context": context,
+        "ttft_s": round(step_times[0], 3),
+        "decode_ms_per_token_median": round(1000 * decode[len(decode) // 2], 2),
+        "decode_tok_s": round(1 / decode[len(decode) // 2], 1),
+        "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--msa", default="131072,524288,1048576")
+    ap.add_argument("--dense", default="65536,131072")
+    ap.add_argument("--decode-tokens", type=int, default=16)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    longest = max(int(x) for x in (args.msa + "," + args.dense).split(",") if x)
+    weights = random_weights(QWEN25_7B)
+    rows = {"msa": [], "dense": []}
+    record = {
+        "model": "Qwen2.5-7B shape (28 layers, 28 q heads, 4 KV heads, D=128), random bf16 weights",
+        "chunk_tokens": CHUNK,
+        "batch": 1,
+        "positions": "true",
+        "rows": rows,
+    }
+    for attention, lengths in (("msa", args.msa), ("dense", args.dense)):
+        config = Config(
+            device="cuda",
+            dtype="bfloat16",
+            attention=attention,
+            positions="true",
+            max_num_batched_tokens=CHUNK,
+            num_kv_blocks=longest // 64 + 64,
+        )
+        runner = ModelRunner(config, QWEN25_7B, weights, longest + 64)
+        record[f"{attention}_knobs"] = {
+            f: getattr(config, f)
+            for f in ("block_size", "sink_blocks", "window_blocks", "topk_blocks", "dense_below", "score")
+        }
+        run(runner, 8192, 4)  # warm-up: Triton compiles
+        for n in (int(x) for x in lengths.split(",") if x):
+            rows[attention].append(run(runner, n, args.decode_tokens))
+            print(attention, rows[attention][-1], flush=True)
+            write_record("e2e_gpu", record, args.out)
+        del runner
+        torch.cuda.empty_cache()
+    # -- dense beyond what was run: fit ttft = a*n + b*n^2 on the two longest dense runs (attention is the n^2 part) --
+    d = rows["dense"]
+    if len(d) >= 2:
+        (n1, t1), (n2, t2) = [(r["context"], r["ttft_s"]) for r in d[-2:]]
+        b = (t2 / n2 - t1 / n1) / (n2 - n1)
+        a = t1 / n1 - b * n1
+        record["dense_extrapolated"] = [
+            {"context": n, "ttft_s": round(a * n + b * n * n, 1), "extrapolated": True}
+            for n in (int(x) for x in args.msa.split(","))
+            if n > n2
+        ]
+    for r in rows["msa"]:
+        match = [x for x in d + record.get("dense_extrapolated", []) if x["context"] == r["context"]]
+        if match:
+            r["ttft_speedup_vs_dense"] = round(match[0]["ttft_s"] / r["ttft_s"], 1)
+    path = write_record("e2e_gpu", record, args.out)
+    print(f"{'attention':>9} {'context':>9} {'TTFT s':>8} {'decode tok/s':>13} {'peak GB':>8}")
+    for attention in ("msa", "dense"):
+        for r in rows[attention]:
+            print(f"{attention:>9} {r['context']:>9} {r['ttft_s']:>8} {r['decode_tok_s']:>13} {r['peak_gpu_gb']:>8}")
+    for r in record.get("dense_extrapolated", []):
+        print(f"{'dense*':>9} {r['context']:>9} {r['ttft_s']:>8}   (extrapolated)")
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
