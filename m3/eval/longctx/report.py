@@ -44,13 +44,17 @@ def results_table(record: dict) -> Table:
         table.add_column(f"Δ {v}", justify="right")
     tasks = list(dict.fromkeys(c["task"] for c in record["summary"]))
     for task in tasks:
-        for length in [*_lengths(record, task), "all"]:
+        lengths = _lengths(record, task)
+        covered = [{n for n in lengths if (v, task, n, "all") in cells} for v in variants]
+        for length in [*lengths, "all"]:
             row = [cells.get((v, task, length, "all")) for v in variants]
             present = [c for c in row if c is not None]
             if not present:
                 continue
             accs = [c["accuracy"] if c else None for c in row]
-            deltas = [_delta(a, accs[0]) for a in accs[1:]]
+            # pooled rows compare only variants run over the same lengths
+            same = [length != "all" or covered[i] == covered[0] for i in range(1, len(variants))]
+            deltas = [_delta(a, accs[0]) if ok else "-" for a, ok in zip(accs[1:], same)]
             tokens = "" if length == "all" else f"{present[0]['mean_tokens']:,}"
             label = "all" if length == "all" else f"{length:,}"
             table.add_row(task, label, tokens, *(_fmt(a) for a in accs), *deltas, end_section=length == "all")
@@ -122,7 +126,7 @@ def save_heatmap(record: dict, path: str) -> str | None:
                 for x, acc in enumerate(line):
                     ax.text(x, y, "-" if acc != acc else f"{acc:.0f}", ha="center", va="center", fontsize=8)
             ax.set_xticks(range(len(lengths)), [_short(n) for n in lengths], fontsize=8)
-            ax.set_yticks(range(len(depths)), [f"{100 * d:.0f}%" for d in depths], fontsize=8)
+            ax.set_yticks(range(len(depths)), [f"{100 * d:.0f}%" for d in depths] if j == 0 else [], fontsize=8)
             ax.set_title(f"{task} · {v}", fontsize=9)
             if j == 0:
                 ax.set_ylabel("depth")
