@@ -16,6 +16,7 @@ import argparse
 import datetime
 import json
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -44,8 +45,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
         args.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"longctx-{stamp}.json")
-    run(args, extra={"machine": machine(), "command": "python benchmarks/longctx.py " + " ".join(sys.argv[1:])})
+    extra = {
+        "machine": machine(),
+        "commit": _commit(),
+        "command": "python benchmarks/longctx.py " + " ".join(sys.argv[1:]),
+    }
+    run(args, extra=extra)
     return 0
+
+
+def _commit() -> str | None:
+    """HEAD, with "+dirty" when tracked files differ from it (the run used code that no commit holds)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=root, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def merge(paths: list[str], out: str | None) -> int:
