@@ -112,7 +112,11 @@ def save_heatmap(record: dict, path: str) -> str | None:
     if not tasks:
         return None
     fig, axes = plt.subplots(
-        len(tasks), len(variants), figsize=(1.2 + 2.6 * len(variants), 0.6 + 2.4 * len(tasks)), squeeze=False
+        len(tasks),
+        len(variants),
+        figsize=(1.2 + 2.6 * len(variants), 0.6 + 2.5 * len(tasks)),
+        squeeze=False,
+        layout="constrained",
     )
     image = None
     for i, task in enumerate(tasks):
