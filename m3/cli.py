@@ -167,10 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from m3.code.cli import add_code_parser
     from m3.eval.coding import add_coding_parsers
+    from m3.eval.longctx.cli import add_longctx_parser
 
     add_code_parser(sub)  # m3 code run|resume|status|review|tests|docs|fix
-    eval_parser = sub.add_parser("eval", help="benchmarks: coding (humaneval, mbpp) against any endpoint")
-    add_coding_parsers(eval_parser.add_subparsers(dest="eval_command", required=True))
+    eval_parser = sub.add_parser("eval", help="benchmarks: coding (humaneval, mbpp) and long context (longctx)")
+    eval_sub = eval_parser.add_subparsers(dest="eval_command", required=True)
+    add_coding_parsers(eval_sub)
+    add_longctx_parser(eval_sub)
     return parser
 
 
