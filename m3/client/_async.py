@@ -5,7 +5,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from m3.client._base import Assembler, BaseClient, Call, Flow, StreamState, parse_error
+from m3.client._base import BaseClient, Call, Flow, parse_error
+from m3.client._streaming import Assembler, StreamState
 from m3.client.errors import APIConnectionError, APITimeoutError
 
 

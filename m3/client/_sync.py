@@ -6,7 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from m3.client._base import Assembler, BaseClient, Call, Flow, StreamState, parse_error
+from m3.client._base import BaseClient, Call, Flow, parse_error
+from m3.client._streaming import Assembler, StreamState
 from m3.client.errors import APIConnectionError, APITimeoutError
 
 

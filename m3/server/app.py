@@ -26,7 +26,7 @@ from m3.protocol import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from m3.server import chat, code_tasks
+from m3.server import chat, code_tasks, inputs
 from m3.server.admission import AdmissionGate
 from m3.server.auth import OPEN_PATHS, AuthMiddleware
 from m3.server.errors import APIError, install_error_handlers
@@ -178,7 +178,9 @@ def _add_routes(app: FastAPI):
         detail = repr(getattr(state.engine, "error", None))
         return JSONResponse(Health(status="failed", detail=f"engine failed: {detail}").model_dump(), 503)
 
-    @app.get("/v1/models", response_model=ModelList, responses=chat.ERRORS, summary="Models served, with context limit")
+    @app.get(
+        "/v1/models", response_model=ModelList, responses=inputs.ERRORS, summary="Models served, with context limit"
+    )
     async def models(request: Request):
         state: ServerState = request.app.state.m3
         data = [Model(id=state.model_name, max_model_len=getattr(state.engine, "max_model_len", None))]
@@ -191,10 +193,10 @@ def _add_routes(app: FastAPI):
         state: ServerState = request.app.state.m3
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.post("/v1/tokenize", response_model=TokenizeResponse, responses=chat.ERRORS, summary="Count prompt tokens")
+    @app.post("/v1/tokenize", response_model=TokenizeResponse, responses=inputs.ERRORS, summary="Count prompt tokens")
     async def tokenize(body: TokenizeRequest, request: Request):
-        state = chat.server_state(request)
-        chat.check_model(state, body.model)
+        state = inputs.server_state(request)
+        inputs.check_model(state, body.model)
         if (body.prompt is None) == (body.messages is None):
             raise APIError(400, "give exactly one of prompt or messages", param="prompt")
         if body.messages is not None:
@@ -203,12 +205,14 @@ def _add_routes(app: FastAPI):
             messages = [
                 {"role": m.role, "content": m.content if isinstance(m.content, str) else ""} for m in body.messages
             ]
-            ids = await anyio.to_thread.run_sync(chat.chat_prompt_ids, state, messages)
+            ids = await anyio.to_thread.run_sync(inputs.chat_prompt_ids, state, messages)
         else:
             ids = await anyio.to_thread.run_sync(state.engine.tokenizer.encode, body.prompt)
         return TokenizeResponse(count=len(ids), max_model_len=state.engine.max_model_len)
 
-    @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=chat.ERRORS, summary="Sentence embeddings")
+    @app.post(
+        "/v1/embeddings", response_model=EmbeddingResponse, responses=inputs.ERRORS, summary="Sentence embeddings"
+    )
     async def embeddings(body: EmbeddingRequest, request: Request):
         state: ServerState = request.app.state.m3
         embedder = state.embedder

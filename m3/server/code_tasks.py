@@ -12,9 +12,9 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from m3.protocol import CodeGenerateRequest, CodeGeneration, CodeReview, CodeReviewRequest, ReviewBody
-from m3.server.chat import ERRORS, chat_prompt_ids, check_model, sampling_params, server_state, until_disconnect
 from m3.server.errors import APIError
 from m3.server.generation import Run
+from m3.server.inputs import ERRORS, chat_prompt_ids, check_model, sampling_params, server_state, until_disconnect
 from m3.server.jsonrepair import JSONRepairError, repair_json
 from m3.server.streaming import usage_dict
 

@@ -29,7 +29,7 @@ from m3.client import (
     Progress,
     RateLimitError,
 )
-from m3.client._base import StreamState
+from m3.client._streaming import StreamState
 from m3.protocol import ChatCompletion, ChatCompletionChunk, CodeGeneration, Completion, EmbeddingResponse
 from tests.server.live import LiveServer, free_port
 

@@ -11,8 +11,8 @@ from tests.server.live import auth, sse_events
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Hello there"}]}
 
 
-def post(live, path, body, key="max", **kw):
-    return httpx.post(live.api + path, json=body, headers=auth(live.keys[key]), timeout=60, **kw)
+def post(live, path, body, key="max", timeout=60, **kw):
+    return httpx.post(live.api + path, json=body, headers=auth(live.keys[key]), timeout=timeout, **kw)
 
 
 def test_chat_plain_shape_and_ledger(live):
@@ -128,6 +128,18 @@ def test_disconnect_mid_stream_aborts_and_bills_what_was_generated(live):
     _wait(lambda: not live.engine.engine.has_unfinished())
     assert live.engine.engine.block_manager.num_free == free
     assert live.ledger.check_integrity() == []
+
+
+def test_disconnect_of_a_non_streaming_request_aborts_it(live):
+    before = {r.request_id for r in _rows(live)}
+    body = {**CHAT, "max_tokens": 450, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        post(live, "/chat/completions", body, timeout=0.3)  # the client gives up and closes the connection
+    _wait(lambda: {r.request_id for r in _rows(live)} - before)
+    (request_id,) = {r.request_id for r in _rows(live)} - before
+    row = _wait_row(live, request_id, lambda row: row.status != "reserved")
+    assert row.status == "failed" and row.completion_tokens < 450
+    _wait(lambda: not live.engine.engine.has_unfinished())
 
 
 def test_models_tokenize_metrics(live):
