@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(chat, SamplingParams, "sampling (SamplingParams)", _CLI_SAMPLING_DEFAULTS)
     chat.set_defaults(func=cmd_chat)
 
+    from m3.server.cli import add_server_parsers
+
+    add_server_parsers(sub)  # serve, keys create|list|revoke, usage, analyze
+
     from m3.code.cli import add_code_parser
     from m3.eval.coding import add_coding_parsers
     from m3.eval.longctx.cli import add_longctx_parser

@@ -9,7 +9,7 @@ def _f(default, help: str):
 
 @dataclass
 class SamplingParams:
-    temperature: float = _f(1.0, "0 = greedy; higher = more random (0 to 2)")
+    temperature: float = _f(1.0, "0 = greedy (so is anything below 1e-3); higher = more random (0 to 2)")
     top_p: float = _f(1.0, "nucleus sampling: keep the smallest set of tokens with this much probability (0, 1]")
     top_k: int = _f(0, "keep only the k most likely tokens; 0 = off")
     min_p: float = _f(0.0, "drop tokens below min_p times the top token's probability [0, 1]")
@@ -32,7 +32,7 @@ class SamplingParams:
         _range("min_p", self.min_p, 0.0, 1.0)
         _range("presence_penalty", self.presence_penalty, -2.0, 2.0)
         _range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
-        _range("repetition_penalty", self.repetition_penalty, 0.0, 10.0, low_open=True)
+        _range("repetition_penalty", self.repetition_penalty, 0.01, 10.0)
         _int("top_k", self.top_k, 0)
         _int("max_tokens", self.max_tokens, 1)
         _int("n", self.n, 1, 128)
@@ -45,7 +45,8 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0.0
+        # NOTE: a temperature this small is greedy in effect, and dividing by it overflows the logits
+        return self.temperature < 1e-3
 
     @classmethod
     def field_help(cls) -> dict[str, str]:

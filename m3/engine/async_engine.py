@@ -137,4 +137,9 @@ class AsyncEngine:
         if out.finished:
             del self._streams[out.request_id]
         loop, stream = target
-        loop.call_soon_threadsafe(stream.put_nowait, out)
+        try:
+            loop.call_soon_threadsafe(stream.put_nowait, out)
+        except RuntimeError:  # the caller's event loop closed under it: nobody listens, free the request
+            self._streams.pop(out.request_id, None)
+            if not out.finished:
+                self.engine.abort_request(out.request_id)

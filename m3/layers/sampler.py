@@ -27,8 +27,11 @@ class Sampler:
                 token = int(row.argmax())
             else:
                 probs = _filtered_probs(row / p.temperature, p)
-                g = generators[i] or default_generator
-                token = int(torch.multinomial(probs.cpu(), 1, generator=g))
+                if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+                    token = int(row.argmax())  # degenerate distribution: never let one request break the step
+                else:
+                    g = generators[i] or default_generator
+                    token = int(torch.multinomial(probs.cpu(), 1, generator=g))
             tokens.append(token)
             if p.logprobs is None:
                 logprobs.append(None)

@@ -77,3 +77,27 @@ def test_bad_input_raises_before_streaming(engine):
 
     asyncio.run(main())
     assert engine.is_healthy
+
+
+def test_a_closed_caller_loop_does_not_kill_the_engine(engine):
+    """Regression: returning from inside `async for` under asyncio.run closed the loop before the stream ended,
+    and the engine thread died on call_soon_threadsafe."""
+
+    async def leave_early():
+        async for _ in engine.generate("story", SamplingParams(max_tokens=200, ignore_eos=True)):
+            return
+
+    asyncio.run(leave_early())
+    for _ in range(200):
+        if not engine.engine.has_unfinished():
+            break
+        import time
+
+        time.sleep(0.05)
+    assert engine.is_healthy
+
+    async def again():
+        return await _collect(engine, "hi", SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True))
+
+    _, last = asyncio.run(again())
+    assert last.finished and len(last.outputs[0].token_ids) == 3

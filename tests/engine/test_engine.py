@@ -160,3 +160,14 @@ def test_bad_config_and_model_path():
         Config(block_size=0)
     with pytest.raises(FileNotFoundError, match="/no/such/model"):
         LLM("/no/such/model")
+
+
+def test_degenerate_sampling_values_do_not_break_the_step(llm):
+    """Regression: a temperature of 5e-324 once overflowed the logits and killed the engine for everyone."""
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        SamplingParams(repetition_penalty=5e-324)
+    tiny = SamplingParams(temperature=5e-324, max_tokens=4, ignore_eos=True)
+    assert tiny.is_greedy
+    out = llm.generate(["Hello", "Hi"], [tiny, SamplingParams(temperature=1e-3, max_tokens=4, ignore_eos=True)])
+    assert out[0].outputs[0].token_ids == llm.generate("Hello", GREEDY)[0].outputs[0].token_ids[:4]
+    assert len(out[1].outputs[0].token_ids) == 4
