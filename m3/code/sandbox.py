@@ -68,6 +68,9 @@ class SandboxResult:
         return asdict(self)
 
 
+_EMPTIED = ("/tmp", "/var/tmp", "/run")  # replaced by empty tmpfs inside the sandbox
+
+
 def _traversable_by_others(path: Path) -> bool:
     return all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
 
@@ -78,6 +81,15 @@ def _expose_args(paths: list[str]) -> list[str]:
     args, masked = [], set()
     for p in sorted({os.path.realpath(p) for p in paths if p and os.path.exists(p)}):
         path = Path(p)
+        hidden = next((Path(h) for h in _EMPTIED if p.startswith(h + "/")), None)
+        if hidden is not None:
+            # under a directory the sandbox empties (a checkout's venv in /tmp, say): rebuild the way down 0755
+            for a in reversed(path.parents):
+                if hidden in a.parents and str(a) not in masked:
+                    args += ["--perms", "0755", "--dir", str(a)]
+                    masked.add(str(a))
+            args += ["--ro-bind", p, p]
+            continue
         if _traversable_by_others(path.parent):
             continue
         blocked = next(a for a in reversed([path, *path.parents]) if not os.stat(a).st_mode & 0o001)
@@ -134,7 +146,7 @@ class Sandbox:
         env.update({"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": "/tmp"})
         bw = [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session"]
         bw += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-        bw += ["--perms", "1777", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--tmpfs", "/run"]
+        bw += ["--perms", "1777", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--tmpfs", "/run"]  # = _EMPTIED
         bw += _expose_args(self.expose)
         bw += ["--bind", str(workdir), INNER_DIR, "--chdir", INNER_DIR, "--clearenv"]
         for k, v in env.items():

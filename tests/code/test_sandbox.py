@@ -116,3 +116,18 @@ def test_refuses_without_bubblewrap_unless_unsafe(monkeypatch, tmp_path):
     assert sb.isolation.startswith("none")
     r = sb.run(["sh", "-c", "echo hi"], tmp_path)
     assert r.stdout == "hi\n"
+
+
+def test_exposed_paths_under_tmp_stay_reachable(tmp_path):
+    """Regression: a checkout (and its venv) under /tmp vanished behind the sandbox's empty /tmp, so `python`
+    failed to start in CI clones living there."""
+    tool = tmp_path / "venv" / "bin"
+    tool.mkdir(parents=True)
+    (tool / "hello.txt").write_text("reachable")
+    os.chmod(tmp_path, 0o700)  # like a private temp dir: the sandbox uid must still get through
+    wt = tmp_path / "wt"
+    wt.mkdir()
+    sb = Sandbox(Limits(timeout_s=10), expose=[str(tmp_path / "venv"), *Sandbox().expose])
+    res = sb.run(["cat", str(tool / "hello.txt")], wt)
+    assert res.ok, res.stderr
+    assert res.stdout.strip() == "reachable"
