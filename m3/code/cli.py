@@ -86,6 +86,7 @@ def cmd_run(args) -> int:
         limits=build_limits(args),
         unsafe=args.unsafe_no_sandbox,
         test_cmd=args.test_cmd,
+        max_reply_tokens=args.max_reply_tokens,
     )
     runner = _runner(args, build_model(args))
     with LiveView(runner.store) as view:
@@ -237,6 +238,9 @@ def add_code_parser(subparsers) -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--max-steps", type=int, default=20, help="agent steps per sub-task")
             p.add_argument("--test-cmd", help="command run on the merged result for the report")
+            p.add_argument(
+                "--max-reply-tokens", type=int, help="cap on each model reply (default: 2048 planning, 1024 agents)"
+            )
             p.add_argument("--run-id", help="choose the run id (default: time + random)")
         else:
             p.add_argument("--retry-failed", action="store_true", help="also rerun failed and blocked sub-tasks")

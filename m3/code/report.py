@@ -31,6 +31,8 @@ def build_report(store: Store, run_id: str) -> dict:
     for e in store.events(run_id, kind="tests"):
         d = e["data"]
         tests = {"cmd": d["cmd"], "returncode": d["returncode"], **parse_test_counts(d["stdout"] + d["stderr"])}
+    fallback = store.events(run_id, kind="plan_fallback")
+    planning = {"attempts": len(store.events(run_id, kind="plan_attempt")), "fallback": bool(fallback)}
     return {
         "run_id": run_id,
         "task": run["task"],
@@ -43,6 +45,7 @@ def build_report(store: Store, run_id: str) -> dict:
         "num_calls": run["num_calls"],
         "files_changed": [{"status": s, "path": p} for s, p in files],
         "tests": tests,
+        "planning": planning,
         "tasks": [
             {
                 k: t[k]
@@ -77,6 +80,9 @@ def render_report(report: dict) -> str:
         f"files changed ({len(report['files_changed'])}):",
         *[f"  {f['status']} {f['path']}" for f in report["files_changed"]],
     ]
+    planning = report.get("planning") or {}
+    if planning.get("fallback"):
+        lines += ["", f"plan: no valid plan in {planning['attempts']} tries; ran the whole task as one sub-task"]
     t = report["tests"]
     if t:
         counts = ", ".join(f"{v} {k}" for k, v in t.items() if k not in ("cmd", "returncode")) or "no counts"

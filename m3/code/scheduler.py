@@ -19,7 +19,7 @@ from m3.code import worktree as wtree
 from m3.code.agents import DEFAULT_AGENTS, Agent, AgentPool
 from m3.code.budget import Budget, BudgetExceeded, Journal
 from m3.code.dag import SubTask
-from m3.code.model import ChatModel
+from m3.code.model import ChatModel, ModelError
 from m3.code.planner import make_plan
 from m3.code.router import route
 from m3.code.sandbox import Limits, Sandbox
@@ -37,6 +37,8 @@ class RunConfig:
     stuck_repeats: int = 3  # identical actions (or unusable replies) in a row that count as stuck
     max_plan_tries: int = 3
     max_tasks: int = 16
+    plan_fallback: bool = True  # no valid plan after max_plan_tries: run the whole task as one sub-task
+    max_reply_tokens: int | None = None  # cap on each model reply (planner default 2048, agents 1024)
     budget: Budget = field(default_factory=Budget)
     limits: Limits = field(default_factory=Limits)
     unsafe: bool = False  # run without bubblewrap
@@ -111,9 +113,17 @@ class Runner:
                 try:
                     files = Tools(integration, None).list_files(".")
                     plan = make_plan(
-                        self.model, run["task"], self.agents, files, journal, config.max_plan_tries, config.max_tasks
+                        self.model,
+                        run["task"],
+                        self.agents,
+                        files,
+                        journal,
+                        config.max_plan_tries,
+                        config.max_tasks,
+                        {"temperature": 0.2, "max_tokens": min(2048, config.max_reply_tokens or 2048)},
+                        fallback=config.plan_fallback,
                     )
-                except (BudgetExceeded, ValueError) as e:
+                except (BudgetExceeded, ValueError, ModelError) as e:
                     status = "stopped" if isinstance(e, BudgetExceeded) else "failed"
                     self.store.update_run(run_id, status=status, reason=f"planning: {e}")
                     return
@@ -206,6 +216,7 @@ class Runner:
             stuck_repeats=config.stuck_repeats,
             limits=config.limits,
             unsafe=config.unsafe,
+            model_kw={"temperature": 0.2, "max_tokens": min(1024, config.max_reply_tokens or 1024)},
         )
 
     def _record(self, run_id: str, task_id: str, outcome, integration: Path) -> None:

@@ -11,6 +11,7 @@ import concurrent.futures as cf
 import gzip
 import json
 import math
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -119,7 +120,9 @@ def evaluate(
     temperature: float | None = None,
     max_tokens: int = 512,
     concurrency: int = 8,
+    progress=None,
 ) -> dict:
+    """`progress(done, total, passed)` is called after each sample (from this thread)."""
     temperature = (0.0 if n_samples == 1 else 0.8) if temperature is None else temperature
     start = time.monotonic()
 
@@ -138,6 +141,9 @@ def evaluate(
                 samples[futures[fut]].append(fut.result())
             except Exception as e:  # noqa: BLE001 - a failed request is a failed sample, not a failed run
                 samples[futures[fut]].append({"passed": False, "error": f"request: {e}", "tokens": 0, "completion": ""})
+            if progress is not None:
+                done = sum(map(len, samples.values()))
+                progress(done, len(jobs), sum(x["passed"] for s in samples.values() for x in s))
     per_problem = []
     for task_id, s in samples.items():
         c = sum(x["passed"] for x in s)
@@ -191,8 +197,22 @@ def cmd_eval(args) -> int:
         unsafe=args.unsafe_no_sandbox,
     )
     ks = tuple(sorted({1, *args.k}))
+    start = time.monotonic()
+
+    def progress(done: int, total: int, passed: int) -> None:  # a long CPU run is not silent
+        if done == total or done % max(1, min(10, total // 10)) == 0:
+            print(f"[{done}/{total}] passed {passed} · {time.monotonic() - start:.0f}s", file=sys.stderr, flush=True)
+
     result = evaluate(
-        build_model(args), problems, sandbox, args.n_samples, ks, args.temperature, args.max_tokens, args.concurrency
+        build_model(args),
+        problems,
+        sandbox,
+        args.n_samples,
+        ks,
+        args.temperature,
+        args.max_tokens,
+        args.concurrency,
+        progress,
     )
     result = {
         "benchmark": args.command_name,

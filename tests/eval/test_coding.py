@@ -116,8 +116,9 @@ def test_cli_prints_a_table_and_writes_json(tmp_path, monkeypatch, capsys):
     args = parser.parse_args(["humaneval", "--limit", "3", "--model", "tiny", "--out", str(out)])
     assert args.base_url.endswith("/v1") and callable(args.func)
     assert args.func(args) == 0
-    printed = capsys.readouterr().out
+    printed, progress = capsys.readouterr()
     assert "humaneval" in printed and "100.0%" in printed
+    assert progress.splitlines()[-1].startswith("[3/3] passed 3 · ")  # a long run reports as it goes
     saved = json.loads(out.read_text())
     assert saved["benchmark"] == "humaneval" and saved["model"] == "tiny" and saved["pass@1"] == 1.0
     assert saved["num_problems"] == 3 and len(saved["problems"]) == 3
