@@ -9,7 +9,7 @@ import math
 
 import torch
 
-_TILE = 32  # query blocks per gather
+_TILE = 16  # query blocks per gather
 
 
 def sparse_attention_ref(
@@ -50,32 +50,45 @@ def sparse_attention_ref(
         token_block = torch.div(q_pos, block_size, rounding_mode="floor")
         row = torch.searchsorted(qblock_ids.to(token_block.dtype).contiguous(), token_block)
     offs = torch.arange(block_size, device=q.device)
+    heads = torch.arange(num_kv_heads, device=q.device)[None, :, None]
     for start in range(0, sel.shape[0], _TILE):
         stop = min(start + _TILE, sel.shape[0])
         tok = ((row >= start) & (row < stop)).nonzero().squeeze(1)  # (Tt,)
+        if tok.numel() == 0:
+            continue
         blk = sel[start:stop]  # (Qt, Hkv, K)
         key_idx = blk[..., None] * block_size + offs  # (Qt, Hkv, K, S)
         valid = (blk[..., None] >= 0) & (key_idx < seq_len)
         key_idx = key_idx.clamp(0, seq_len - 1).flatten(2)  # (Qt, Hkv, K*S)
         valid = valid.flatten(2)
-        heads = torch.arange(num_kv_heads, device=q.device)[None, :, None]
         ks = k[key_idx, heads].float()  # (Qt, Hkv, K*S, D)
         vs = v[key_idx, heads].float()
+        # -- lay the tile's tokens out as (row, slot): the keys are gathered once per row, not per token --
         t_row = row[tok] - start  # (Tt,) tile row of each token
-        qt = q[tok].float().view(-1, num_kv_heads, group, head_dim)  # (Tt, Hkv, G, D)
-        s = torch.einsum("thgd,thkd->thgk", qt, ks[t_row]) * scale  # (Tt, Hkv, G, K*S)
+        first = torch.searchsorted(t_row, torch.arange(stop - start, device=q.device))  # rows are runs
+        slot = torch.arange(len(tok), device=q.device) - first[t_row]
+        width = int(slot.max()) + 1
+        qpad = torch.zeros(stop - start, width, num_heads, head_dim, device=q.device)
+        qpad[t_row, slot] = q[tok].float()
+        qpad = qpad.view(stop - start, width, num_kv_heads, group, head_dim)  # (Qt, C, Hkv, G, D)
+        s = torch.einsum("qchgd,qhkd->qhgck", qpad, ks) * scale  # (Qt, Hkv, G, C, K*S)
         if q_remote is not None and is_remap is not None and bool(is_remap[start:stop].any()):
             kr = k_raw[key_idx, heads].float()
-            qr = q_remote[tok].float().view(-1, num_kv_heads, group, head_dim)
-            s_remote = torch.einsum("thgd,thkd->thgk", qr, kr[t_row]) * scale
+            qr = torch.zeros(stop - start, width, num_heads, head_dim, device=q.device)
+            qr[t_row, slot] = q_remote[tok].float()
+            qr = qr.view(stop - start, width, num_kv_heads, group, head_dim)
+            s_remote = torch.einsum("qchgd,qhkd->qhgck", qr, kr) * scale
             local = is_local[start:stop, ..., None].expand(-1, -1, -1, block_size).flatten(2)  # (Qt, Hkv, K*S)
-            use_remote = (~local & is_remap[start:stop, None, None])[t_row][:, :, None, :]
+            use_remote = (~local & is_remap[start:stop, None, None])[:, :, None, None, :]
             s = torch.where(use_remote, s_remote, s)
-        # -- token-causal mask: no key after its query --
-        mask = valid[t_row] & (key_idx[t_row] <= q_pos[tok][:, None, None])  # (Tt, Hkv, K*S)
-        s = s.masked_fill(~mask[:, :, None, :], float("-inf"))
-        p = torch.softmax(s, dim=-1)
-        out[tok] = torch.einsum("thgk,thkd->thgd", p, vs[t_row]).reshape(-1, num_heads, head_dim)
+        # -- token-causal mask: no key after its query (padding slots see position -1: masked, dropped) --
+        pos_pad = torch.full((stop - start, width), -1, dtype=q_pos.dtype, device=q.device)
+        pos_pad[t_row, slot] = q_pos[tok]
+        mask = valid[:, :, None, :] & (key_idx[:, :, None, :] <= pos_pad[:, None, :, None])  # (Qt, Hkv, C, K*S)
+        s = s.masked_fill(~mask[:, :, None], float("-inf"))
+        p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+        o = torch.einsum("qhgck,qhkd->qchgd", p, vs)  # (Qt, C, Hkv, G, D)
+        out[tok] = o[t_row, slot].reshape(-1, num_heads, head_dim)
     return out.to(q.dtype)
 
 
