@@ -210,14 +210,12 @@ class PagedAttention(torch.nn.Module):
         tables = meta.block_tables[rows, :num_blocks].long().clamp(min=0)  # (B', N)
         k = self.cache.k[tables].flatten(1, 2)  # (B', N*S, Hkv, D)
         v = self.cache.v[tables].flatten(1, 2)
-        group = self.num_heads // self.num_kv_heads
-        k = k.repeat_interleave(group, dim=2).transpose(1, 2)  # (B', H, N*S, D)
-        v = v.repeat_interleave(group, dim=2).transpose(1, 2)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B', Hkv, N*S, D); SDPA shares them across each group
         mask = torch.arange(k.shape[2], device=q.device)[None, :] < lens[:, None]  # (B', N*S)
         idx = meta.cu_seqlens_q[rows].long()
         qq = q[idx][:, :, None, :]  # (B', H, 1, D)
         o = torch.nn.functional.scaled_dot_product_attention(
-            qq, k.to(q.dtype), v.to(q.dtype), attn_mask=mask[:, None, None, :]
+            qq, k.to(q.dtype), v.to(q.dtype), attn_mask=mask[:, None, None, :], enable_gqa=True
         )
         out[idx] = o[:, :, 0, :]
 

@@ -17,6 +17,8 @@ class RotaryEmbedding(torch.nn.Module):
         inv_freq = _scale_inv_freq(inv_freq, rope_scaling)
         # NOTE: a plain attribute, not a buffer: models are built on the meta device and must keep this exact value.
         self.inv_freq = inv_freq  # (D/2,) float64
+        self._last_positions: torch.Tensor | None = None
+        self._last_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (...,) -> cos, sin (..., D) in float32 (angles in float64: exact at 1M positions)."""
@@ -28,7 +30,10 @@ class RotaryEmbedding(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: (T, heads, D), positions: (T,) -> x rotated, same dtype."""
-        cos, sin = self.cos_sin(positions)
+        # NOTE: every layer rotates q and k at the same positions tensor: compute its angles once per step
+        if positions is not self._last_positions:
+            self._last_positions, self._last_cos_sin = positions, self.cos_sin(positions)
+        cos, sin = self._last_cos_sin
         return rope(x.float(), cos[:, None, :], sin[:, None, :]).to(x.dtype)
 
 
