@@ -115,6 +115,7 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prefill", default="2048,8192,32768")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--skip-decode", action="store_true", help="prefill rows only")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     llm_tok = LLM(num_kv_blocks=16, max_model_len=1024).tokenizer
@@ -123,9 +124,10 @@ def main():
         for p in PROMPTS
     ]
     record = {"model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised, float32)", "new_tokens": args.new_tokens}
-    record["m3"] = m3_decode(prompts_ids, args.new_tokens)
-    print("m3", record["m3"], flush=True)
-    if not args.skip_hf:
+    if not args.skip_decode:
+        record["m3"] = m3_decode(prompts_ids, args.new_tokens)
+        print("m3", record["m3"], flush=True)
+    if not args.skip_hf and not args.skip_decode:
         record["transformers"] = hf_decode(prompts_ids, args.new_tokens)
         print("transformers", record["transformers"], flush=True)
         n = len(prompts_ids)
