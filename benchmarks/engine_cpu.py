@@ -89,7 +89,7 @@ def prefill(lengths: list[int]) -> list[dict]:
     rows = []
     text = stdlib_text(max(lengths) * 6)
     for n in lengths:
-        for attention in ("dense", "msa"):
+        for attention in ("msa", "dense"):
             gb = max(1.0, n * 30 * 2 * 3 * 64 * 4 / 2**30 * 1.2)
             llm = LLM(attention=attention, max_model_len=n + 1, kv_cache_gb=gb)
             ids = llm.tokenizer.encode(text, add_special_tokens=False)[:n]
