@@ -5,6 +5,8 @@ logits of each split + per-split softmax partials, (2) per split, group-summed p
 (3) merge of the split top-ks into the page list (B, Hkv, KD). Attention is split-KV over only the listed pages,
 then a combine kernel. Every buffer has a size fixed by shapes (B, max_blocks, knobs) and nothing syncs with the
 host, so a decode step can be captured in a CUDA graph; rows with seq_len <= 0 are padding (output zeros).
+Remapped positions (remap.py): a sequence whose query block is >= remap_from selects with q_remote against the raw
+summaries and scores its remote pages with q_remote against keys whose RoPE is undone in registers.
 """
 
 import functools
@@ -13,8 +15,10 @@ import torch
 import triton
 import triton.language as tl
 
+from m3.kernels.msa_prefill import remote_scores
 from m3.kernels.msa_select import LOG2E, _check_summaries, _dot, _low_ids, _pack_keys, _summary_logits
 from m3.kernels.paged_ref import num_decode_pages
+from m3.kernels.remap import Remap, remap_inputs, select_remapped
 
 _SCORE_SPLIT = 256  # candidate blocks scored per program (the summary read is the decode floor: spread it wide)
 _TOPK_SPLIT = 1024  # candidate blocks per local top-k (fewer splits = a smaller final merge)
@@ -156,13 +160,13 @@ def _decode_pages_kernel(
 
 @triton.jit
 def _decode_attn_kernel(
-    Q, K_CACHE, V_CACHE, BT, PAGES, SEQ_LENS, PO, PLSE,
+    Q, K_CACHE, V_CACHE, BT, PAGES, SEQ_LENS, PO, PLSE, QR, PCOS, PSIN, OCOS, OSIN,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-    stride_bt, stride_pb, stride_ph,
-    head_dim, qk_scale,
+    stride_bt, stride_pb, stride_ph, stride_rb, stride_rh,
+    head_dim, qk_scale, remap_from, dense_below,
     G: tl.constexpr, S: tl.constexpr, NUM_PAGES: tl.constexpr, PAGES_PER_SPLIT: tl.constexpr,
     NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_PAGES: tl.constexpr, BLOCK_D: tl.constexpr,
-    IS_FP32: tl.constexpr,
+    IS_FP32: tl.constexpr, REMAP: tl.constexpr, WINDOW: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -187,17 +191,34 @@ def _decode_attn_kernel(
     m_i = tl.full([BLOCK_G], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    HALF: tl.constexpr = BLOCK_D // 2
+    i = tl.maximum(seq_len - 1, 0) // S
+    if REMAP:
+        e = tl.arange(0, HALF)
+        qr_ptr = QR + b.to(tl.int64) * stride_rb + (h * G + g)[:, None] * stride_rh + e[None, :]
+        qr1 = tl.load(qr_ptr, mask=gm[:, None], other=0.0)
+        qr2 = tl.load(qr_ptr + HALF, mask=gm[:, None], other=0.0)
+        is_remap = (i >= remap_from) & (seq_len - 1 >= dense_below)  # a dense row keeps true positions
     for it in range(start, stop):
         j = tl.load(row + it)
         phys = tl.load(bt_row + j).to(tl.int64)
         # NOTE: the current page is partial: keys past seq_len are unwritten (possibly NaN), so zero them
         kv_ok = j * S + s_idx < seq_len
         mask = kv_ok[:, None] & dm[None, :]
-        k = tl.load(K_CACHE + phys * stride_kb + s_idx[:, None] * stride_ks + h * stride_kh + d[None, :], mask=mask,
-                    other=0.0)  # fmt: skip
+        k_ptrs = K_CACHE + phys * stride_kb + s_idx[:, None] * stride_ks + h * stride_kh
         v = tl.load(V_CACHE + phys * stride_vb + s_idx[:, None] * stride_vs + h * stride_vh + d[None, :], mask=mask,
                     other=0.0)  # fmt: skip
-        s = tl.where(kv_ok[None, :], _dot(q, tl.trans(k), IS_FP32) * qk_scale, float("-inf"))
+        if REMAP:
+            if is_remap & (j < i - WINDOW):
+                # a remote page (full): remapped query against keys with RoPE undone
+                s = remote_scores(qr1, qr2, k_ptrs + e[None, :], j, s_idx, PCOS, PSIN, OCOS, OSIN, HALF,
+                                  IS_FP32) * qk_scale  # fmt: skip
+            else:
+                k = tl.load(k_ptrs + d[None, :], mask=mask, other=0.0)
+                s = tl.where(kv_ok[None, :], _dot(q, tl.trans(k), IS_FP32) * qk_scale, float("-inf"))
+        else:
+            k = tl.load(k_ptrs + d[None, :], mask=mask, other=0.0)
+            s = tl.where(kv_ok[None, :], _dot(q, tl.trans(k), IS_FP32) * qk_scale, float("-inf"))
         # -- online softmax update --
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.math.exp2(m_i - m_new)
@@ -263,12 +284,24 @@ def msa_decode_select(
     topk_blocks: int,
     score: str,
     dense_below: int,
+    remap: Remap | None = None,
 ) -> torch.Tensor:
     """Page list of one decode step (twin of paged_ref.msa_decode_select_ref).
 
     q: (B, H, D) post-RoPE; kmean/kmin/kmax (NB, Hkv, D); block_tables (B, max_blocks) int32; seq_lens (B,) int32
     including the new token. Returns pages (B, Hkv, KD) int32, KD = paged_ref.num_decode_pages(...).
     """
+    knobs = dict(block_size=block_size, sink_blocks=sink_blocks, window_blocks=window_blocks, topk_blocks=topk_blocks,
+                 score=score, dense_below=dense_below)  # fmt: skip
+    query_blocks = torch.div(seq_lens - 1, block_size, rounding_mode="floor")
+    return select_remapped(
+        lambda qq, *sums: _decode_select(qq, *sums, block_tables, seq_lens, **knobs),
+        q, (kmean, kmin, kmax), query_blocks, remap,
+    )  # fmt: skip
+
+
+def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, sink_blocks, window_blocks,
+                   topk_blocks, score, dense_below) -> torch.Tensor:  # fmt: skip
     num_seqs, num_heads, head_dim = q.shape
     num_kv_heads = kmean.shape[1]
     group = num_heads // num_kv_heads
@@ -335,6 +368,9 @@ def msa_decode_sparse(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     pages: torch.Tensor,
+    *,
+    dense_below: int = 0,
+    remap: Remap | None = None,
 ) -> torch.Tensor:
     """Split-KV paged attention of one query token per sequence over its page list (twin of
     paged_ref.msa_decode_sparse_ref). q (B, H, D), pages (B, Hkv, KD) int32 -> o (B, H, D); zeros where seq_len <= 0."""
@@ -356,14 +392,15 @@ def msa_decode_sparse(
     block_d = triton.next_power_of_2(head_dim)
     part_o = torch.empty(num_seqs, num_kv_heads, num_splits, block_g, block_d, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(num_seqs, num_kv_heads, num_splits, block_g, dtype=torch.float32, device=q.device)
+    qr, tables, remap_from, window = remap_inputs(remap, q, block_size)
     _decode_attn_kernel[(num_seqs, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, block_tables, pages, seq_lens, part_o, part_lse,
+        q, k_cache, v_cache, block_tables, pages, seq_lens, part_o, part_lse, qr, *tables,
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
-        block_tables.stride(0), pages.stride(0), pages.stride(1),
-        head_dim, LOG2E / head_dim**0.5,
+        block_tables.stride(0), pages.stride(0), pages.stride(1), qr.stride(0), qr.stride(1),
+        head_dim, LOG2E / head_dim**0.5, remap_from, dense_below,
         G=group, S=block_size, NUM_PAGES=num_pages, PAGES_PER_SPLIT=pages_per_split, NUM_SPLITS=num_splits,
         BLOCK_G=block_g, BLOCK_PAGES=triton.next_power_of_2(num_pages), BLOCK_D=block_d,
-        IS_FP32=q.dtype == torch.float32, num_warps=4, num_stages=2,
+        IS_FP32=q.dtype == torch.float32, REMAP=remap is not None, WINDOW=window, num_warps=4, num_stages=2,
     )  # fmt: skip
     _decode_combine_kernel[(num_seqs, num_kv_heads)](
         part_o, part_lse, o, o.stride(0), o.stride(1), head_dim,
@@ -388,7 +425,7 @@ def msa_decode_attention(
     topk_blocks: int,
     score: str,
     dense_below: int,
-    positions: str = "true",
+    remap: Remap | None = None,
     return_sel: bool = False,
 ):
     """MSA decode of B sequences, one query token each at position seq_len - 1 (its K/V already stored).
@@ -396,12 +433,12 @@ def msa_decode_attention(
     q: (B, H, D) post-RoPE; k_cache, v_cache (NB, S, Hkv, D); kmean/kmin/kmax (NB, Hkv, D); block_tables
     (B, max_blocks) int32; seq_lens (B,) int32, <= 0 marks a padding row. Returns o (B, H, D), or
     (o, pages (B, Hkv, KD) int32) with return_sel. No host sync: CUDA-graph capturable for fixed B and max_blocks.
+    remap: remapped positions (remap.py) for sequences whose query block is >= remap.from_block.
     """
-    assert positions == "true", "remap positions run on the reference path only (v1)"
     assert k_cache.shape[1] == block_size
     pages = msa_decode_select(
         q, kmean, kmin, kmax, block_tables, seq_lens, block_size=block_size, sink_blocks=sink_blocks,
-        window_blocks=window_blocks, topk_blocks=topk_blocks, score=score, dense_below=dense_below,
+        window_blocks=window_blocks, topk_blocks=topk_blocks, score=score, dense_below=dense_below, remap=remap,
     )  # fmt: skip
-    o = msa_decode_sparse(q, k_cache, v_cache, block_tables, seq_lens, pages)
+    o = msa_decode_sparse(q, k_cache, v_cache, block_tables, seq_lens, pages, dense_below=dense_below, remap=remap)
     return (o, pages) if return_sel else o

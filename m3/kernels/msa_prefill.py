@@ -5,7 +5,8 @@ query heads of the group (GQA packing: they share one selection, so G = 3-8 fill
 online softmax over the selected pages, causal inside the current block (always last in the ascending selection).
 Varlen batches and chunked prefill against a cached prefix come from the query-block table of paged_ref. Tokens at
 positions < dense_below attend densely (every earlier block; rows of a mixed block past dense_below keep to the
-selection). Remap positions are not supported here (v1): the launcher asserts positions == "true".
+selection). Remapped positions (msa.md, remap.py): a query block i >= remap_from scores its remote pages (selected,
+before the window) with q_remote against keys whose RoPE is undone in registers, one page at a time.
 """
 
 import torch
@@ -14,6 +15,7 @@ import triton.language as tl
 
 from m3.kernels.msa_select import LOG2E, _dot, prefill_select_rows
 from m3.kernels.paged_ref import prefill_query_blocks
+from m3.kernels.remap import Remap, remap_inputs, select_remapped
 
 
 @triton.jit
@@ -32,7 +34,12 @@ def _attend(
     s = _dot(q, tl.trans(k), IS_FP32) * qk_scale  # (M, N)
     if SCORE_MASK:
         s = tl.where(mask, s, float("-inf"))
-    # -- online softmax update --
+    return _update(acc, m_i, l_i, s, v, IS_FP32)
+
+
+@triton.jit
+def _update(acc, m_i, l_i, s, v, IS_FP32: tl.constexpr):
+    """Online softmax update of (acc, m_i, l_i) with scores s (M, N) (log2 domain) and values v (N, D)."""
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     alpha = tl.math.exp2(m_i - m_new)
     p = tl.math.exp2(s - m_new[:, None])
@@ -42,15 +49,34 @@ def _attend(
 
 
 @triton.jit
+def remote_scores(qr1, qr2, k_ptrs, j, s_idx, PCOS, PSIN, OCOS, OSIN, HALF: tl.constexpr, IS_FP32: tl.constexpr):
+    """Raw scores (M, S) of remapped queries, halves qr1 | qr2 (M, HALF), against the keys of full logical page j
+    (k_ptrs: their first halves (S, HALF)) with RoPE undone at angles j*S + s (remap.py tables):
+    unrope(y) = (y1 c + y2 s, y2 c - y1 s)."""
+    e = tl.arange(0, HALF)
+    y1 = tl.load(k_ptrs).to(tl.float32)
+    y2 = tl.load(k_ptrs + HALF).to(tl.float32)
+    pc = tl.load(PCOS + j * HALF + e)[None, :]
+    ps = tl.load(PSIN + j * HALF + e)[None, :]
+    oc = tl.load(OCOS + s_idx[:, None] * HALF + e[None, :])
+    so = tl.load(OSIN + s_idx[:, None] * HALF + e[None, :])
+    c = pc * oc - ps * so
+    sn = ps * oc + pc * so
+    x1 = (y1 * c + y2 * sn).to(qr1.dtype)
+    x2 = (y2 * c - y1 * sn).to(qr1.dtype)
+    return _dot(qr1, tl.trans(x1), IS_FP32) + _dot(qr2, tl.trans(x2), IS_FP32)
+
+
+@triton.jit
 def _prefill_kernel(
-    Q, K_CACHE, V_CACHE, OUT, SEL, BT, QB_SEQ, QB_ID, CU_Q, Q_START, SEQ_LENS,
+    Q, K_CACHE, V_CACHE, OUT, SEL, BT, QB_SEQ, QB_ID, CU_Q, Q_START, SEQ_LENS, QR, PCOS, PSIN, OCOS, OSIN,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-    stride_selq, stride_selh, stride_bt,
-    dense_below, head_dim, qk_scale,
+    stride_selq, stride_selh, stride_bt, stride_rt, stride_rh,
+    dense_below, head_dim, qk_scale, remap_from,
     G: tl.constexpr, S: tl.constexpr, NUM_SEL: tl.constexpr, N_MTILES: tl.constexpr, PAGES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SEL: tl.constexpr, EVEN_D: tl.constexpr,
-    IS_FP32: tl.constexpr,
+    IS_FP32: tl.constexpr, REMAP: tl.constexpr, WINDOW: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -90,6 +116,15 @@ def _prefill_kernel(
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    HALF: tl.constexpr = BLOCK_D // 2
+    if REMAP:
+        # -- remapped queries, as halves, and the half-key offsets of one page (remote scoring, head_dim even) --
+        e = tl.arange(0, HALF)
+        qr_ptr = QR + tok[:, None] * stride_rt + head[:, None] * stride_rh + e[None, :]
+        qr1 = tl.load(qr_ptr, mask=row_ok[:, None], other=0.0)
+        qr2 = tl.load(qr_ptr + HALF, mask=row_ok[:, None], other=0.0)
+        kh_offs = s_idx[:, None] * stride_ks + h * stride_kh + e[None, :]
+        is_remap = i >= remap_from
     if lo < dense_below:
         # -- dense rows: every block before the current one; MSA rows of a mixed block keep to the selection --
         is_dense = q_pos < dense_below
@@ -99,32 +134,63 @@ def _prefill_kernel(
             hit = sj == j
             ptr += hit.to(tl.int32)
             phys = tl.load(bt_row + j).to(tl.int64)
-            acc, m_i, l_i = _attend(
-                acc, m_i, l_i, q, K_CACHE + phys * stride_kb + k_offs, V_CACHE + phys * stride_vb + v_offs,
-                qk_scale, (is_dense | hit)[:, None] & all_keys[None, :], dm[None, :], not EVEN_D, True, IS_FP32,
-            )  # fmt: skip
+            k_ptrs = K_CACHE + phys * stride_kb + k_offs
+            v_ptrs = V_CACHE + phys * stride_vb + v_offs
+            visible = (is_dense | hit)[:, None] & all_keys[None, :]
+            if REMAP:
+                if is_remap & (hi > dense_below) & (j < i - WINDOW):
+                    # a remote page of the block's MSA rows: they score it remapped, the dense rows at true positions
+                    k = tl.load(k_ptrs, mask=dm[None, :], other=0.0)
+                    v = tl.load(v_ptrs, mask=dm[None, :], other=0.0)
+                    s_true = _dot(q, tl.trans(k), IS_FP32)
+                    s_far = remote_scores(qr1, qr2, K_CACHE + phys * stride_kb + kh_offs, j, s_idx, PCOS, PSIN, OCOS,
+                                          OSIN, HALF, IS_FP32)  # fmt: skip
+                    s = tl.where(is_dense[:, None], s_true, s_far) * qk_scale
+                    acc, m_i, l_i = _update(acc, m_i, l_i, tl.where(visible, s, float("-inf")), v, IS_FP32)
+                else:
+                    acc, m_i, l_i = _attend(
+                        acc, m_i, l_i, q, k_ptrs, v_ptrs, qk_scale, visible, dm[None, :], not EVEN_D, True, IS_FP32
+                    )
+            else:
+                acc, m_i, l_i = _attend(
+                    acc, m_i, l_i, q, k_ptrs, v_ptrs, qk_scale, visible, dm[None, :], not EVEN_D, True, IS_FP32
+                )
     else:
-        # -- selected pages before the current block: fully visible, PAGES pages per step --
+        # -- selected pages before the current block: fully visible; remote ones of a remapped block first --
         sv = tl.load(sel_row + tl.arange(0, BLOCK_SEL), mask=tl.arange(0, BLOCK_SEL) < NUM_SEL, other=-1)
         num_full = tl.sum((sv >= 0).to(tl.int32), axis=0) - 1
+        first = num_full * 0  # first page of the true-position loop
+        if REMAP:
+            if is_remap:
+                # ascending ids: the pages before the window (and the current block) lead the row
+                first = num_full + 1 - tl.sum(((sv >= 0) & (sv >= i - WINDOW)).to(tl.int32), axis=0)
+                for it in range(0, first):
+                    j = tl.load(sel_row + it)
+                    phys = tl.load(bt_row + j).to(tl.int64)
+                    s_far = remote_scores(qr1, qr2, K_CACHE + phys * stride_kb + kh_offs, j, s_idx, PCOS, PSIN, OCOS,
+                                          OSIN, HALF, IS_FP32)  # fmt: skip
+                    v = tl.load(V_CACHE + phys * stride_vb + v_offs)
+                    acc, m_i, l_i = _update(acc, m_i, l_i, s_far * qk_scale, v, IS_FP32)
+        # -- the rest at true positions, PAGES pages per step --
+        n_true = num_full - first
         rows = tl.arange(0, PAGES * S)
         page = rows // S
         rk_offs = (rows % S)[:, None] * stride_ks + h * stride_kh + d[None, :]  # PAGES pages (PAGES * S, D)
         rv_offs = (rows % S)[:, None] * stride_vs + h * stride_vh + d[None, :]
-        for it in range(0, num_full // PAGES):
+        for it in range(0, n_true // PAGES):
             if PAGES == 1:
-                phys = tl.load(bt_row + tl.load(sel_row + it)).to(tl.int64)
+                phys = tl.load(bt_row + tl.load(sel_row + first + it)).to(tl.int64)
                 k_ptrs = K_CACHE + phys * stride_kb + k_offs
                 v_ptrs = V_CACHE + phys * stride_vb + v_offs
             else:
-                phys = tl.load(bt_row + tl.load(sel_row + it * PAGES + page)).to(tl.int64)  # (PAGES * S,)
+                phys = tl.load(bt_row + tl.load(sel_row + first + it * PAGES + page)).to(tl.int64)  # (PAGES * S,)
                 k_ptrs = K_CACHE + phys[:, None] * stride_kb + rk_offs
                 v_ptrs = V_CACHE + phys[:, None] * stride_vb + rv_offs
             acc, m_i, l_i = _attend(
                 acc, m_i, l_i, q, k_ptrs, v_ptrs, qk_scale, row_ok[:, None], dm[None, :], not EVEN_D, False, IS_FP32
             )
         if PAGES > 1:
-            rem = num_full % PAGES
+            rem = n_true % PAGES
             if rem > 0:
                 ok = page < rem
                 jv = tl.load(sel_row + (num_full - rem) + page, mask=ok, other=0)
@@ -159,7 +225,7 @@ def prefill_config(group: int, block_size: int, head_dim: int) -> dict:
 
 def prefill_sparse_rows(
     q, k_cache, v_cache, block_tables, cu_seqlens_q, q_start, seq_lens, sel, qb_seq, qb_ids, *,
-    dense_below: int, config: dict | None = None,
+    dense_below: int, remap: Remap | None = None, config: dict | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """msa_prefill_sparse over a precomputed query-block table (qb_seq, qb_ids) from prefill_query_blocks."""
     num_tokens, num_heads, head_dim = q.shape
@@ -178,15 +244,17 @@ def prefill_sparse_rows(
     cfg = {**prefill_config(group, block_size, head_dim), **(config or {})}
     n_mtiles = triton.cdiv(block_size * group, cfg["BLOCK_M"])
     grid = (qb_seq.shape[0] * n_mtiles, num_kv_heads)
+    qr, tables, remap_from, window = remap_inputs(remap, q, block_size)
     _prefill_kernel[grid](
-        q, k_cache, v_cache, o, sel, block_tables, qb_seq, qb_ids, cu_seqlens_q, q_start, seq_lens,
+        q, k_cache, v_cache, o, sel, block_tables, qb_seq, qb_ids, cu_seqlens_q, q_start, seq_lens, qr, *tables,
         q.stride(0), q.stride(1), o.stride(0), o.stride(1),
         *k_cache.stride()[:3], *v_cache.stride()[:3],
-        sel.stride(0), sel.stride(1), block_tables.stride(0),
-        dense_below, head_dim, LOG2E / head_dim**0.5,
+        sel.stride(0), sel.stride(1), block_tables.stride(0), qr.stride(0), qr.stride(1),
+        dense_below, head_dim, LOG2E / head_dim**0.5, remap_from,
         G=group, S=block_size, NUM_SEL=sel.shape[2], N_MTILES=n_mtiles,
         BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_SEL=triton.next_power_of_2(sel.shape[2]),
-        EVEN_D=triton.next_power_of_2(head_dim) == head_dim, IS_FP32=q.dtype == torch.float32, **cfg,
+        EVEN_D=triton.next_power_of_2(head_dim) == head_dim, IS_FP32=q.dtype == torch.float32,
+        REMAP=remap is not None, WINDOW=window, **cfg,
     )  # fmt: skip
     return o
 
@@ -202,6 +270,7 @@ def msa_prefill_sparse(
     sel: torch.Tensor,
     *,
     dense_below: int,
+    remap: Remap | None = None,
 ) -> torch.Tensor:
     """Attention of a prefill step given its selection (twin of paged_ref.msa_prefill_sparse_ref).
 
@@ -211,7 +280,7 @@ def msa_prefill_sparse(
     qb_seq, qb_ids = prefill_query_blocks(q.shape[0], q_start, seq_lens, k_cache.shape[1])
     return prefill_sparse_rows(
         q, k_cache, v_cache, block_tables, cu_seqlens_q, q_start, seq_lens, sel, qb_seq, qb_ids,
-        dense_below=dense_below,
+        dense_below=dense_below, remap=remap,
     )  # fmt: skip
 
 
@@ -233,7 +302,7 @@ def msa_prefill_attention(
     topk_blocks: int,
     score: str,
     dense_below: int,
-    positions: str = "true",
+    remap: Remap | None = None,
     return_sel: bool = False,
 ):
     """MSA prefill of a batch over the paged cache: selection, then block-sparse attention.
@@ -241,18 +310,21 @@ def msa_prefill_attention(
     q: (T, H, D) post-RoPE queries of B sequences (cu_seqlens_q (B+1,), q_start, seq_lens (B,) int32: positions
     q_start..seq_len-1); k_cache, v_cache: (NB, S, Hkv, D) with this step's rows stored and its full blocks
     summarised in kmean/kmin/kmax (NB, Hkv, D); block_tables (B, max_blocks) int32.
+    remap: remapped positions (remap.py) for query blocks >= remap.from_block; None = true positions.
     Returns o (T, H, D), or (o, sel (Qmax, Hkv, K) int32) with return_sel.
     """
-    assert positions == "true", "remap positions run on the reference path only (v1)"
     assert k_cache.shape[1] == block_size
     qb_seq, qb_ids = prefill_query_blocks(q.shape[0], q_start, seq_lens, block_size)
-    sel = prefill_select_rows(
-        q, kmean, kmin, kmax, block_tables, cu_seqlens_q, q_start, seq_lens, qb_seq, qb_ids,
-        block_size=block_size, sink_blocks=sink_blocks, window_blocks=window_blocks, topk_blocks=topk_blocks,
-        score=score, dense_below=dense_below,
+    knobs = dict(block_size=block_size, sink_blocks=sink_blocks, window_blocks=window_blocks, topk_blocks=topk_blocks,
+                 score=score, dense_below=dense_below)  # fmt: skip
+    sel = select_remapped(
+        lambda qq, *sums: prefill_select_rows(
+            qq, *sums, block_tables, cu_seqlens_q, q_start, seq_lens, qb_seq, qb_ids, **knobs
+        ),
+        q, (kmean, kmin, kmax), qb_ids, remap,
     )  # fmt: skip
     o = prefill_sparse_rows(
         q, k_cache, v_cache, block_tables, cu_seqlens_q, q_start, seq_lens, sel, qb_seq, qb_ids,
-        dense_below=dense_below,
+        dense_below=dense_below, remap=remap,
     )  # fmt: skip
     return (o, sel) if return_sel else o

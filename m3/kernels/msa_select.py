@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from m3.kernels.paged_ref import num_selected, prefill_query_blocks, query_block_counts, segment_rows
+from m3.kernels.remap import Remap, select_remapped
 
 LOG2E = 1.4426950408889634
 
@@ -281,6 +282,7 @@ def msa_prefill_select(
     topk_blocks: int,
     score: str,
     dense_below: int,
+    remap: Remap | None = None,
 ) -> torch.Tensor:
     """Selection rows of every query block of a prefill step (twin of paged_ref.msa_prefill_select_ref).
 
@@ -289,8 +291,11 @@ def msa_prefill_select(
     block (qb_seq[w], qb_ids[w]) of paged_ref.prefill_query_blocks, logical ids ascending, -1 padded.
     """
     qb_seq, qb_ids = prefill_query_blocks(q.shape[0], q_start, seq_lens, block_size)
-    return prefill_select_rows(
-        q, kmean, kmin, kmax, block_tables, cu_seqlens_q, q_start, seq_lens, qb_seq, qb_ids,
-        block_size=block_size, sink_blocks=sink_blocks, window_blocks=window_blocks, topk_blocks=topk_blocks,
-        score=score, dense_below=dense_below,
+    return select_remapped(
+        lambda qq, *sums: prefill_select_rows(
+            qq, *sums, block_tables, cu_seqlens_q, q_start, seq_lens, qb_seq, qb_ids, block_size=block_size,
+            sink_blocks=sink_blocks, window_blocks=window_blocks, topk_blocks=topk_blocks, score=score,
+            dense_below=dense_below,
+        ),
+        q, (kmean, kmin, kmax), qb_ids, remap,
     )  # fmt: skip

@@ -3,13 +3,15 @@
 Every public function has the signature of its Triton twin (msa_select.py, msa_prefill.py, msa_decode.py) and is
 built by gathering each sequence's blocks through its block table and calling the per-sequence refs. The metadata
 helpers here (query-block table, sizes) are shared with the launchers, so both index the same rows.
-Remap positions (msa.md) are not handled by these wrappers (v1): positions must be "true".
+Remapped positions (msa.md) come in as a `remap.Remap` (None = true positions everywhere).
 """
 
 import torch
 
+from m3.kernels.kv_cache_ref import unrope
 from m3.kernels.msa_attention_ref import dense_attention_ref, sparse_attention_ref
-from m3.kernels.msa_select_ref import select_blocks_ref
+from m3.kernels.msa_select_ref import local_mask_ref, select_blocks_ref
+from m3.kernels.remap import Remap, key_cos_sin, remap_rows
 
 
 def num_selected(sink_blocks: int, window_blocks: int, topk_blocks: int) -> int:
@@ -129,24 +131,31 @@ def msa_prefill_select_ref(
     topk_blocks: int,
     score: str,
     dense_below: int,
+    remap: Remap | None = None,
 ) -> torch.Tensor:
     """Selection rows of every query block of a prefill step. Returns sel (Qmax, Hkv, K) int32, row w for the query
     block (qb_seq[w], qb_ids[w]) of prefill_query_blocks, logical block ids ascending, -1 padded; scored with
     prefill_qbar_ref."""
     num_kv_heads = kmean.shape[1]
     qb_seq, qb_ids = prefill_query_blocks(q.shape[0], q_start, seq_lens, block_size)
-    qbar = prefill_qbar_ref(q, cu_seqlens_q, q_start, seq_lens, block_size=block_size, dense_below=dense_below)
     sel = torch.full((qb_seq.shape[0], num_kv_heads, num_selected(sink_blocks, window_blocks, topk_blocks)), -1,
                      dtype=torch.int32, device=q.device)  # fmt: skip
-    for b, seq_len in enumerate(seq_lens.tolist()):
-        rows = (qb_seq == b).nonzero().squeeze(1)
-        if rows.numel() == 0:
+    is_remap = remap_rows(qb_ids, remap)
+    # remapped rows score with q_remote against the summaries of un-rotated keys
+    for remapped in (False, True):
+        if not bool((is_remap == remapped).any()):
             continue
-        sums = _summaries(kmean, kmin, kmax, block_tables, b, seq_len // block_size)
-        sel[rows] = select_blocks_ref(
-            qbar[rows], qb_ids[rows].long(), *sums, sink_blocks=sink_blocks, window_blocks=window_blocks,
-            topk_blocks=topk_blocks, score=score,
-        ).int()  # fmt: skip
+        src, sums_all = (remap.q_remote, remap[1:4]) if remapped else (q, (kmean, kmin, kmax))
+        qbar = prefill_qbar_ref(src, cu_seqlens_q, q_start, seq_lens, block_size=block_size, dense_below=dense_below)
+        for b, seq_len in enumerate(seq_lens.tolist()):
+            rows = ((qb_seq == b) & (is_remap == remapped)).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            sums = _summaries(*sums_all, block_tables, b, seq_len // block_size)
+            sel[rows] = select_blocks_ref(
+                qbar[rows], qb_ids[rows].long(), *sums, sink_blocks=sink_blocks, window_blocks=window_blocks,
+                topk_blocks=topk_blocks, score=score,
+            ).int()  # fmt: skip
     return sel
 
 
@@ -161,6 +170,7 @@ def msa_prefill_sparse_ref(
     sel: torch.Tensor,
     *,
     dense_below: int,
+    remap: Remap | None = None,
 ) -> torch.Tensor:
     """Attention of a prefill step given its selection: exact dense causal for tokens at positions < dense_below,
     block-sparse over sel (Qmax, Hkv, K) otherwise. q (T, H, D) -> o (T, H, D) in q's dtype (math in float32)."""
@@ -184,9 +194,25 @@ def msa_prefill_sparse_ref(
             ids = qb_ids[rows].long()
             pos_s = pos[~dense]
             used = torch.isin(ids, torch.div(pos_s, block_size, rounding_mode="floor"))
-            o[~dense] = sparse_attention_ref(qb[~dense], pos_s, k, v, sel[rows[used]].long(), ids[used], block_size)
+            o[~dense] = sparse_attention_ref(
+                qb[~dense], pos_s, k, v, sel[rows[used]].long(), ids[used], block_size,
+                **_remap_args(remap, cu[b], n, ~dense, k, sel[rows[used]].long(), ids[used]),
+            )  # fmt: skip
         out[cu[b] : cu[b + 1]] = o
     return out
+
+
+def _remap_args(remap: Remap | None, first: int, n: int, keep: torch.Tensor, k, sel_rows, ids) -> dict:
+    """Remap keywords of sparse_attention_ref for n query tokens from row `first` (kept where `keep`)."""
+    if remap is None:
+        return {}
+    cos, sin = key_cos_sin(remap, torch.arange(k.shape[0], device=k.device))
+    return dict(
+        q_remote=remap.q_remote[first : first + n][keep],
+        k_raw=unrope(k.float(), cos[:, None, :], sin[:, None, :]),
+        is_local=local_mask_ref(sel_rows, ids, remap.window_blocks),
+        is_remap=remap_rows(ids, remap),
+    )
 
 
 def msa_prefill_attention_ref(
@@ -207,11 +233,10 @@ def msa_prefill_attention_ref(
     topk_blocks: int,
     score: str,
     dense_below: int,
-    positions: str = "true",
+    remap: Remap | None = None,
     return_sel: bool = False,
 ):
     """MSA prefill of a batch over the paged cache (selection + attention). Returns o (T, H, D), or (o, sel)."""
-    assert positions == "true", "remap positions are not in the batched paths yet (v1)"
     assert k_cache.shape[1] == block_size
     sel = msa_prefill_select_ref(
         q,
@@ -228,9 +253,10 @@ def msa_prefill_attention_ref(
         topk_blocks=topk_blocks,
         score=score,
         dense_below=dense_below,
+        remap=remap,
     )
     o = msa_prefill_sparse_ref(
-        q, k_cache, v_cache, block_tables, cu_seqlens_q, q_start, seq_lens, sel, dense_below=dense_below
+        q, k_cache, v_cache, block_tables, cu_seqlens_q, q_start, seq_lens, sel, dense_below=dense_below, remap=remap
     )
     return (o, sel) if return_sel else o
 
@@ -252,6 +278,7 @@ def msa_decode_select_ref(
     topk_blocks: int,
     score: str,
     dense_below: int,
+    remap: Remap | None = None,
 ) -> torch.Tensor:
     """Page list of one decode step: pages (B, Hkv, KD) int32 logical blocks ascending, -1 padded. A sequence whose
     token sits below dense_below lists all its blocks; one with seq_len <= 0 (padding) lists none."""
@@ -265,9 +292,11 @@ def msa_decode_select_ref(
         if seq_len - 1 < dense_below:
             pages[b, :, : i + 1] = torch.arange(i + 1, dtype=torch.int32, device=q.device)
             continue
-        sums = _summaries(kmean, kmin, kmax, block_tables, b, seq_len // block_size)
+        remapped = remap is not None and i >= remap.from_block
+        src, sums_all = (remap.q_remote, remap[1:4]) if remapped else (q, (kmean, kmin, kmax))
+        sums = _summaries(*sums_all, block_tables, b, seq_len // block_size)
         sel = select_blocks_ref(
-            q[b : b + 1].float(),
+            src[b : b + 1].float(),
             torch.tensor([i], device=q.device),
             *sums,
             sink_blocks=sink_blocks,
@@ -286,9 +315,12 @@ def msa_decode_sparse_ref(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     pages: torch.Tensor,
+    *,
+    dense_below: int = 0,
+    remap: Remap | None = None,
 ) -> torch.Tensor:
     """Attention of one query token per sequence over its page list. q (B, H, D) -> o (B, H, D); zeros where
-    seq_len <= 0."""
+    seq_len <= 0. With remap, a sequence whose token sits at or past dense_below scores its remote pages remapped."""
     block_size = k_cache.shape[1]
     out = torch.zeros_like(q)
     for b, seq_len in enumerate(seq_lens.tolist()):
@@ -297,7 +329,10 @@ def msa_decode_sparse_ref(
         k, v = _seq_kv(k_cache, v_cache, block_tables, b, seq_len)
         pos = torch.tensor([seq_len - 1], device=q.device)
         ids = torch.div(pos, block_size, rounding_mode="floor")
-        out[b] = sparse_attention_ref(q[b : b + 1], pos, k, v, pages[b : b + 1].long(), ids, block_size)[0]
+        rows = pages[b : b + 1].long()
+        sparse_remap = remap if seq_len - 1 >= dense_below else None
+        extra = _remap_args(sparse_remap, b, 1, torch.ones(1, dtype=torch.bool, device=q.device), k, rows, ids)
+        out[b] = sparse_attention_ref(q[b : b + 1], pos, k, v, rows, ids, block_size, **extra)[0]
     return out
 
 
@@ -317,12 +352,11 @@ def msa_decode_attention_ref(
     topk_blocks: int,
     score: str,
     dense_below: int,
-    positions: str = "true",
+    remap: Remap | None = None,
     return_sel: bool = False,
 ):
     """MSA decode of B sequences, one query token each (at position seq_len - 1, already in the cache).
     q (B, H, D) -> o (B, H, D), or (o, pages (B, Hkv, KD))."""
-    assert positions == "true", "remap positions are not in the batched paths yet (v1)"
     assert k_cache.shape[1] == block_size
     pages = msa_decode_select_ref(
         q,
@@ -337,6 +371,7 @@ def msa_decode_attention_ref(
         topk_blocks=topk_blocks,
         score=score,
         dense_below=dense_below,
+        remap=remap,
     )
-    o = msa_decode_sparse_ref(q, k_cache, v_cache, block_tables, seq_lens, pages)
+    o = msa_decode_sparse_ref(q, k_cache, v_cache, block_tables, seq_lens, pages, dense_below=dense_below, remap=remap)
     return (o, pages) if return_sel else o

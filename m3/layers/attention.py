@@ -12,6 +12,7 @@ import torch
 from m3.kernels.kv_cache_ref import rope, store_kv_ref, summarize_blocks_ref, unrope
 from m3.kernels.msa_attention_ref import dense_attention_ref, sparse_attention_ref
 from m3.kernels.msa_select_ref import local_mask_ref, select_blocks_ref
+from m3.kernels.remap import Remap
 
 
 @dataclass
@@ -88,6 +89,11 @@ def _kernels():
 _KERNELS = False  # not looked up yet
 
 
+def use_kernels(q: torch.Tensor) -> bool:
+    """Whether a layer takes the Triton path: on CUDA when Triton imports (tests also run it in the interpreter)."""
+    return q.is_cuda and _kernels() is not None
+
+
 class PagedAttention(torch.nn.Module):
     """softmax(q k^T / sqrt(D)) v over the cache, for one layer; q/k arrive already rotated."""
 
@@ -102,8 +108,8 @@ class PagedAttention(torch.nn.Module):
 
     def forward(self, q: torch.Tensor, q_raw: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata):
         """q, q_raw (T, H, D) post/pre-RoPE queries; k, v (T, Hkv, D) new keys (post-RoPE) and values."""
-        if q.is_cuda and _kernels() is not None and not self._any_remap(meta):
-            return self._forward_kernels(q, k, v, meta)
+        if use_kernels(q):
+            return self._forward_kernels(q, q_raw, k, v, meta)
         cache = self.cache
         store_kv_ref(k, v, cache.k, cache.v, meta.slot_mapping)
         self._summarize(meta)
@@ -118,7 +124,7 @@ class PagedAttention(torch.nn.Module):
             out[s:e] = self._attend_seq(q[s:e], q_raw[s:e], meta.positions[s:e], meta, b)
         return out
 
-    def _forward_kernels(self, q, k, v, meta: AttentionMetadata) -> torch.Tensor:
+    def _forward_kernels(self, q, q_raw, k, v, meta: AttentionMetadata) -> torch.Tensor:
         """The Triton path (docs/kernels.md): batched over sequences, no per-sequence Python."""
         ops, cache, p = _kernels(), self.cache, self.msa
         ops.store_kv(k, v, cache.k, cache.v, meta.slot_mapping)
@@ -135,6 +141,7 @@ class PagedAttention(torch.nn.Module):
             topk_blocks=p.topk_blocks,
             score=p.score,
             dense_below=dense_below,
+            remap=self._remap_inputs(q_raw, meta) if p.use_msa else None,
         )
         kmin = cache.kmin if p.score == "bound" else None
         kmax = cache.kmax if p.score == "bound" else None
@@ -167,11 +174,32 @@ class PagedAttention(torch.nn.Module):
         if shares:
             self.last_selected_share = sum(shares) / len(shares)
 
-    def _any_remap(self, meta: AttentionMetadata) -> bool:
-        p = self.msa
-        if not p.use_msa or p.positions == "true":
-            return False
-        return p.positions == "remap" or max(meta.seq_lens) > p.trained_len
+    def _remap_from(self, meta: AttentionMetadata) -> int | None:
+        """First query block that remaps positions in this step (0 = all of them), None if none does; as _msa_seq."""
+        p, bs = self.msa, self.msa.block_size
+        if p.positions == "true":
+            return None
+        if p.positions == "remap":
+            return 0
+        first = p.trained_len // bs  # "auto": query block i remaps iff (i + 1) * S > trained_len
+        lasts = [(n - 1) // bs for n, s in zip(meta.seq_lens, meta.q_start) if n > s]
+        if not lasts or max(lasts) < first:
+            return None
+        return 0 if min(s // bs for n, s in zip(meta.seq_lens, meta.q_start) if n > s) >= first else first
+
+    def _remap_inputs(self, q_raw: torch.Tensor, meta: AttentionMetadata) -> Remap | None:
+        """Remap inputs of the kernels (m3/kernels/remap.py) for this step, or None."""
+        from_block = self._remap_from(meta)
+        if from_block is None:
+            return None
+        p, cache = self.msa, self.cache
+        assert cache.raw_kmean is not None, "remap needs raw summaries: the runner allocates them"
+        cos, sin = self.rotary.cos_sin(torch.full((1,), p.window_blocks * p.block_size, device=q_raw.device))
+        q_remote = rope(q_raw.float(), cos[:, None, :], sin[:, None, :]).to(q_raw.dtype)
+        tables = self.rotary.page_tables(meta.block_tables.shape[1], p.block_size, q_raw.device)
+        raw_min = cache.raw_kmin if p.score == "bound" else None
+        raw_max = cache.raw_kmax if p.score == "bound" else None
+        return Remap(q_remote, cache.raw_kmean, raw_min, raw_max, *tables, p.window_blocks, from_block)
 
     # -- helpers --
     def _summarize(self, meta: AttentionMetadata):

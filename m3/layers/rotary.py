@@ -8,6 +8,7 @@ import math
 import torch
 
 from m3.kernels.kv_cache_ref import rope
+from m3.kernels.remap import rope_tables
 
 
 class RotaryEmbedding(torch.nn.Module):
@@ -19,6 +20,7 @@ class RotaryEmbedding(torch.nn.Module):
         self.inv_freq = inv_freq  # (D/2,) float64
         self._last_positions: torch.Tensor | None = None
         self._last_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._page_tables: tuple[torch.Tensor, ...] | None = None
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (...,) -> cos, sin (..., D) in float32 (angles in float64: exact at 1M positions)."""
@@ -27,6 +29,14 @@ class RotaryEmbedding(torch.nn.Module):
         angles = positions.to(torch.float64)[..., None] * self.inv_freq
         angles = torch.cat((angles, angles), dim=-1)
         return angles.cos().float(), angles.sin().float()
+
+    def page_tables(self, num_pages: int, block_size: int, device) -> tuple[torch.Tensor, ...]:
+        """Remap's key-angle tables (m3/kernels/remap.py) for at least num_pages pages; grown, never shrunk."""
+        t = self._page_tables
+        if t is None or t[0].shape[0] < num_pages or t[2].shape[0] != block_size or t[0].device != torch.device(device):
+            size = max(num_pages, 2 * t[0].shape[0] if t is not None else 0)
+            self._page_tables = rope_tables(self.inv_freq, size, block_size, device)
+        return self._page_tables
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: (T, heads, D), positions: (T,) -> x rotated, same dtype."""

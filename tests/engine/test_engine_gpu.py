@@ -17,17 +17,18 @@ KNOBS = dict(attention="msa", block_size=64, dense_below=512, sink_blocks=1, win
 
 
 @requires_cuda
-def test_gpu_greedy_tokens_equal_cpu_reference():
+@pytest.mark.parametrize("positions", ["true", "remap"])
+def test_gpu_greedy_tokens_equal_cpu_reference(positions):
     model = os.environ.get("M3_TEST_MODEL", "")  # "" = the embedded default GGUF
     text = stdlib_text(40_000)
     params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
     # float32 on both sides: the comparison is of the algorithm, not of bf16 rounding
-    gpu = LLM(model, device="cuda", dtype="float32", **KNOBS)
+    gpu = LLM(model, device="cuda", dtype="float32", positions=positions, **KNOBS)
     ids = gpu.tokenizer.encode(text, add_special_tokens=False)
     prompts = [ids[:1500], ids[2000:4600], ids[5000:7003]]  # lengths not multiples of 64, mixed in one batch
     out_gpu = gpu.generate(prompts, params)
     assert gpu.engine.runner.selected_share() < 0.5, "MSA must be active and sparse"
-    cpu = LLM(model, device="cpu", dtype="float32", **KNOBS)
+    cpu = LLM(model, device="cpu", dtype="float32", positions=positions, **KNOBS)
     out_cpu = cpu.generate(prompts, params)
     for a, b in zip(out_gpu, out_cpu):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids

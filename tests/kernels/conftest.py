@@ -54,3 +54,6 @@ def _patch_interpreter():
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     _patch_interpreter()
+
+
+from tests.fixtures import tiny_model_dir_d32  # noqa: E402, F401

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
-from m3.kernels.kv_cache_ref import store_kv_ref, summarize_blocks_ref
+from m3.kernels.kv_cache_ref import rope, store_kv_ref, summarize_blocks_ref, unrope
 from m3.kernels.msa_select_ref import block_scores_ref
 from m3.kernels.paged_ref import prefill_query_blocks
+from m3.kernels.remap import Remap, key_cos_sin, rope_tables
 
 
 @dataclass
@@ -107,6 +108,36 @@ def make_batch(
     )  # fmt: skip
 
 
+def query_positions(batch: Batch, decode: bool = False) -> torch.Tensor:
+    """(T,) absolute position of every query row of the batch (decode: seq_len - 1, 0 for padding rows)."""
+    if decode:
+        return (batch.seq_lens.long() - 1).clamp(min=0)
+    return torch.cat([torch.arange(int(s), int(e)) for s, e in zip(batch.q_start, batch.seq_lens)]).to(batch.q.device)
+
+
+def make_remap(batch: Batch, *, window_blocks: int, from_block: int, decode: bool = False, theta: float = 10000.0):
+    """Remap inputs for a batch: tables from a RoPE of base theta, q_remote = q un-rotated from its position and
+    rotated at window_blocks * S, summaries of the un-rotated keys of every full block."""
+    S, D = batch.block_size, batch.q.shape[-1]
+    dev = batch.q.device
+    inv_freq = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
+    tables = rope_tables(inv_freq, batch.block_tables.shape[1], S, dev)
+    raw = [torch.full_like(batch.kmean, float("nan")) for _ in range(3)]
+    remap = Remap(batch.q, *raw, *tables, window_blocks=window_blocks, from_block=from_block)
+    cos, sin = key_cos_sin(remap, query_positions(batch, decode))
+    far_cos, far_sin = key_cos_sin(remap, torch.full((1,), window_blocks * S, device=dev))
+    q_raw = unrope(batch.q.float(), cos[:, None, :], sin[:, None, :])
+    q_remote = rope(q_raw, far_cos[:, None, :], far_sin[:, None, :]).to(batch.q.dtype)
+    for b, L in enumerate(batch.seq_lens.tolist()):
+        n = max(L, 0) // S
+        if n == 0:
+            continue
+        phys = batch.block_tables[b, :n].long()
+        kc, ks = key_cos_sin(remap, torch.arange(n * S, device=dev).view(n, S))
+        summarize_blocks_ref(batch.k_cache, phys, *raw, unrotate=(kc, ks))
+    return remap._replace(q_remote=q_remote)
+
+
 def allowed_mask(pos: torch.Tensor, sel_rows: torch.Tensor, seq_len: int, block_size: int, dense_below: int):
     """(n, Hkv, L) bool: keys each query token may see, from its selection row (n, Hkv, K), causality and
     dense_below."""
@@ -117,13 +148,18 @@ def allowed_mask(pos: torch.Tensor, sel_rows: torch.Tensor, seq_len: int, block_
     return (inside | dense) & causal[:, None, :]
 
 
-def naive_attention(q, k, v, allowed, upcast: bool = True):
+def naive_attention(q, k, v, allowed, upcast: bool = True, far=None):
     """Masked softmax attention, q (n, H, D), k/v (L, Hkv, D), allowed (n, Hkv, L). upcast=False mimics a kernel in
-    q's dtype: scores and the P.V product in that dtype, softmax in float32 (the flash-attention test reference)."""
+    q's dtype: scores and the P.V product in that dtype, softmax in float32 (the flash-attention test reference).
+    far = (q_remote (n, H, D), k_raw (L, Hkv, D) float32, is_far (n, Hkv, L)): remapped scores where is_far."""
     group = q.shape[1] // k.shape[1]
     dt = torch.float32 if upcast else q.dtype
     qq, kk, vv = (x.to(dt) for x in (q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)))
     s = torch.einsum("thd,lhd->thl", qq * (1 / math.sqrt(q.shape[-1])), kk).float()
+    if far is not None:
+        qr, kr = far[0].to(dt), far[1].to(dt).repeat_interleave(group, 1)
+        s_far = torch.einsum("thd,lhd->thl", qr * (1 / math.sqrt(q.shape[-1])), kr).float()
+        s = torch.where(far[2].repeat_interleave(group, 1), s_far, s)
     s = s.masked_fill(~allowed.repeat_interleave(group, 1), float("-inf"))
     p = torch.softmax(s, -1).to(dt)
     return torch.einsum("thl,lhd->thd", p, vv).float()
@@ -135,7 +171,24 @@ def seq_kv(batch: Batch, b: int):
     return batch.k_cache[table].flatten(0, 1)[:L], batch.v_cache[table].flatten(0, 1)[:L]
 
 
-def naive_prefill(batch: Batch, sel: torch.Tensor, dense_below: int, upcast: bool = True) -> torch.Tensor:
+def far_inputs(remap: Remap | None, k, pos, sel_rows, block_size: int, dense_below: int, q_remote):
+    """naive_attention's `far` for query tokens at pos (n,) with selection rows (n, Hkv, K), or None."""
+    if remap is None:
+        return None
+    cos, sin = key_cos_sin(remap, torch.arange(k.shape[0], device=k.device))
+    k_raw = unrope(k.float(), cos[:, None, :], sin[:, None, :])
+    i = torch.div(pos, block_size, rounding_mode="floor")
+    key_block = torch.arange(k.shape[0], device=k.device) // block_size
+    remote_block = key_block[None, :] < (i - remap.window_blocks)[:, None]  # (n, L)
+    row_far = (i >= remap.from_block) & (pos >= dense_below)  # (n,)
+    inside = (sel_rows[..., None].long() == key_block).any(-2)  # (n, Hkv, L)
+    is_far = inside & remote_block[:, None, :] & row_far[:, None, None]
+    return q_remote, k_raw, is_far
+
+
+def naive_prefill(
+    batch: Batch, sel: torch.Tensor, dense_below: int, upcast: bool = True, remap: Remap | None = None
+) -> torch.Tensor:
     """Masked dense attention of every query token of a prefill batch, from its selection rows (Qmax, Hkv, K)."""
     S = batch.block_size
     qb_seq, qb_ids = prefill_query_blocks(batch.q.shape[0], batch.q_start, batch.seq_lens, S)
@@ -149,11 +202,15 @@ def naive_prefill(batch: Batch, sel: torch.Tensor, dense_below: int, upcast: boo
         rows = (qb_seq == b).nonzero().squeeze(1)
         row_of = torch.searchsorted(qb_ids[rows].contiguous(), (pos // S).int())
         allowed = allowed_mask(pos, sel[rows][row_of], k.shape[0], S, dense_below)
-        out[cu[b] : cu[b + 1]] = naive_attention(batch.q[cu[b] : cu[b + 1]], k, v, allowed, upcast)
+        qr = None if remap is None else remap.q_remote[cu[b] : cu[b + 1]]
+        far = far_inputs(remap, k, pos, sel[rows][row_of], S, dense_below, qr)
+        out[cu[b] : cu[b + 1]] = naive_attention(batch.q[cu[b] : cu[b + 1]], k, v, allowed, upcast, far)
     return out
 
 
-def naive_decode(batch: Batch, pages: torch.Tensor, upcast: bool = True) -> torch.Tensor:
+def naive_decode(
+    batch: Batch, pages: torch.Tensor, upcast: bool = True, remap: Remap | None = None, dense_below: int = 0
+) -> torch.Tensor:
     out = torch.zeros(batch.q.shape, dtype=torch.float32, device=batch.q.device)
     for b, L in enumerate(batch.seq_lens.tolist()):
         if L <= 0:
@@ -161,7 +218,9 @@ def naive_decode(batch: Batch, pages: torch.Tensor, upcast: bool = True) -> torc
         k, v = seq_kv(batch, b)
         pos = torch.tensor([L - 1], device=batch.q.device)
         allowed = allowed_mask(pos, pages[b : b + 1], L, batch.block_size, 0)
-        out[b] = naive_attention(batch.q[b : b + 1], k, v, allowed, upcast)[0]
+        qr = None if remap is None else remap.q_remote[b : b + 1]
+        far = far_inputs(remap, k, pos, pages[b : b + 1], batch.block_size, dense_below, qr)
+        out[b] = naive_attention(batch.q[b : b + 1], k, v, allowed, upcast, far)[0]
     return out
 
 
@@ -172,9 +231,11 @@ def selected_mass(sel_rows: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
 
 
 def block_probs(batch: Batch, qbar: torch.Tensor, row_seq: torch.Tensor, row_ids: torch.Tensor, *, sink_blocks: int,
-                window_blocks: int, score: str) -> torch.Tensor:  # fmt: skip
+                window_blocks: int, score: str, sums: tuple | None = None) -> torch.Tensor:  # fmt: skip
     """Reference selection scores (msa.md step 2) of rows (qbar (R, H, D), sequence and query block of each):
-    (R, Hkv, max_blocks), softmax over the row's candidates summed over the group, zero outside the candidates."""
+    (R, Hkv, max_blocks), softmax over the row's candidates summed over the group, zero outside the candidates.
+    sums: (kmean, kmin, kmax) to score against instead of the batch's (remap: summaries of un-rotated keys)."""
+    kmean, kmin, kmax = sums or (batch.kmean, batch.kmin, batch.kmax)
     num_kv_heads, max_blocks = batch.kmean.shape[1], batch.block_tables.shape[1]
     probs = torch.zeros(qbar.shape[0], num_kv_heads, max_blocks, device=qbar.device)
     S = batch.block_size
@@ -186,7 +247,7 @@ def block_probs(batch: Batch, qbar: torch.Tensor, row_seq: torch.Tensor, row_ids
         if num_full == 0:
             continue
         table = batch.block_tables[b, :num_full].long()
-        s = block_scores_ref(qbar[rows], batch.kmean[table], batch.kmin[table], batch.kmax[table], score)
+        s = block_scores_ref(qbar[rows], kmean[table], kmin[table], kmax[table], score)
         j = torch.arange(num_full, device=qbar.device)
         cand = (j[None, :] >= sink_blocks) & (j[None, :] < row_ids[rows].long()[:, None] - window_blocks)
         p = torch.softmax(s.masked_fill(~cand[:, None, None, :], float("-inf")), -1).nan_to_num(0.0).sum(2)
@@ -257,40 +318,52 @@ def check_kv_cache(device: str, dtype: torch.dtype, *, num_kv_heads=2, head_dim=
 
 def check_prefill(
     batch: Batch, knobs: dict, select_config: dict | None = None, attn_config: dict | None = None,
-    exact: bool | None = None,
+    exact: bool | None = None, remap: Remap | None = None,
 ):  # fmt: skip
     """Kernel prefill (selection + attention) vs the references; returns (kernel error, bar)."""
     from m3.kernels.msa_prefill import prefill_sparse_rows
     from m3.kernels.msa_select import prefill_select_rows
     from m3.kernels.paged_ref import msa_prefill_select_ref, prefill_qbar_ref
+    from m3.kernels.remap import remap_rows, select_remapped
 
     S, dense_below = knobs["block_size"], knobs["dense_below"]
     qb_seq, qb_ids = prefill_query_blocks(batch.q.shape[0], batch.q_start, batch.seq_lens, S)
-    sel = prefill_select_rows(*batch.select_args(), qb_seq, qb_ids, **knobs, config=select_config)
-    o = prefill_sparse_rows(*batch.sparse_args(), sel, qb_seq, qb_ids, dense_below=dense_below, config=attn_config)
+    rest = batch.select_args()[4:]
+    sel = select_remapped(
+        lambda qq, *sums: prefill_select_rows(qq, *sums, *rest, qb_seq, qb_ids, **knobs, config=select_config),
+        batch.q, (batch.kmean, batch.kmin, batch.kmax), qb_ids, remap,
+    )  # fmt: skip
+    o = prefill_sparse_rows(*batch.sparse_args(), sel, qb_seq, qb_ids, dense_below=dense_below, remap=remap,
+                            config=attn_config)  # fmt: skip
     # -- selection: same forced blocks, same (or equally heavy) chosen blocks --
-    sel_r = msa_prefill_select_ref(*batch.select_args(), **knobs)
-    qbar = prefill_qbar_ref(batch.q, batch.cu_seqlens_q, batch.q_start, batch.seq_lens, block_size=S,
-                            dense_below=dense_below)  # fmt: skip
-    probs = block_probs(batch, qbar, qb_seq, qb_ids, sink_blocks=knobs["sink_blocks"],
-                        window_blocks=knobs["window_blocks"], score=knobs["score"])  # fmt: skip
+    sel_r = msa_prefill_select_ref(*batch.select_args(), **knobs, remap=remap)
+    probs = None
+    for remapped in (False, True):
+        if remapped and remap is None:
+            continue
+        src, sums = (remap.q_remote, remap[1:4]) if remapped else (batch.q, None)
+        qbar = prefill_qbar_ref(src, batch.cu_seqlens_q, batch.q_start, batch.seq_lens, block_size=S,
+                                dense_below=dense_below)  # fmt: skip
+        p = block_probs(batch, qbar, qb_seq, qb_ids, sink_blocks=knobs["sink_blocks"],
+                        window_blocks=knobs["window_blocks"], score=knobs["score"], sums=sums)  # fmt: skip
+        probs = p if probs is None else torch.where(remap_rows(qb_ids, remap)[:, None, None], p, probs)
     exact = batch.q.dtype == torch.float32 if exact is None else exact
     check_selection(sel, sel_r, probs, qb_ids, sink_blocks=knobs["sink_blocks"],
                     window_blocks=knobs["window_blocks"], exact=exact)  # fmt: skip
     # -- attention over the kernel's own selection, at the flash-attention bar --
-    ref32 = naive_prefill(batch, sel, dense_below)
-    lowp = naive_prefill(batch, sel, dense_below, upcast=False)
+    ref32 = naive_prefill(batch, sel, dense_below, remap=remap)
+    lowp = naive_prefill(batch, sel, dense_below, upcast=False, remap=remap)
     return assert_flash_bar(o, ref32, lowp, "prefill")
 
 
-def check_decode(batch: Batch, knobs: dict, exact: bool | None = None):
+def check_decode(batch: Batch, knobs: dict, exact: bool | None = None, remap: Remap | None = None):
     """Kernel decode (page lists + split-KV attention) vs the references; returns (kernel error, bar)."""
     from m3.kernels.msa_decode import msa_decode_attention
     from m3.kernels.paged_ref import msa_decode_select_ref, num_selected
 
     S = knobs["block_size"]
-    o, pages = msa_decode_attention(*batch.decode_args(), **knobs, return_sel=True)
-    pages_r = msa_decode_select_ref(*batch.decode_select_args(), **knobs)
+    o, pages = msa_decode_attention(*batch.decode_args(), **knobs, remap=remap, return_sel=True)
+    pages_r = msa_decode_select_ref(*batch.decode_select_args(), **knobs, remap=remap)
     assert pages.shape == pages_r.shape
     lens = batch.seq_lens.long()
     is_msa = (lens > 0) & (lens - 1 >= knobs["dense_below"])
@@ -301,10 +374,15 @@ def check_decode(batch: Batch, knobs: dict, exact: bool | None = None):
     ids = torch.div(lens[rows] - 1, S, rounding_mode="floor")
     probs = block_probs(batch, batch.q[rows].float(), rows, ids, sink_blocks=knobs["sink_blocks"],
                         window_blocks=knobs["window_blocks"], score=knobs["score"])  # fmt: skip
+    if remap is not None:
+        far = block_probs(batch, remap.q_remote[rows].float(), rows, ids, sink_blocks=knobs["sink_blocks"],
+                          window_blocks=knobs["window_blocks"], score=knobs["score"], sums=remap[1:4])  # fmt: skip
+        probs = torch.where((ids >= remap.from_block)[:, None, None], far, probs)
     exact = batch.q.dtype == torch.float32 if exact is None else exact
     check_selection(pages[rows][..., :width], pages_r[rows][..., :width], probs, ids,
                     sink_blocks=knobs["sink_blocks"], window_blocks=knobs["window_blocks"], exact=exact)  # fmt: skip
-    ref32 = naive_decode(batch, pages)
-    lowp = naive_decode(batch, pages, upcast=False)
+    db = knobs["dense_below"]
+    ref32 = naive_decode(batch, pages, remap=remap, dense_below=db)
+    lowp = naive_decode(batch, pages, upcast=False, remap=remap, dense_below=db)
     assert (o[lens <= 0] == 0).all()
     return assert_flash_bar(o, ref32, lowp, "decode")

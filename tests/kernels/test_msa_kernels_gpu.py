@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from msa_cases import check_decode, check_kv_cache, check_prefill, make_batch, naive_prefill
+from msa_cases import check_decode, check_kv_cache, check_prefill, make_batch, make_remap, naive_prefill
 
 pytestmark = [
     pytest.mark.gpu,
@@ -98,3 +98,29 @@ def test_decode_cuda_graph():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, msa_decode_attention(*args(), **knobs))
+
+
+REMAP_CASES = [(1, F16, 128, 0), (4, BF16, 128, 0), (5, F16, 64, 3), (8, BF16, 64, 6)]  # (G, dtype, D, from_block)
+
+
+@pytest.mark.parametrize("group,dtype,head_dim,from_block", REMAP_CASES)
+def test_prefill_remap(group, dtype, head_dim, from_block):
+    # window 1 and dense_below 300 (inside block 4): the mixed block has remote pages too
+    batch = make_batch(SPECS, num_kv_heads=2, group=group, head_dim=head_dim, block_size=64, dtype=dtype,
+                       device="cuda", seed=group)  # fmt: skip
+    remap = make_remap(batch, window_blocks=1, from_block=from_block)
+    check_prefill(batch, {**KNOBS, "window_blocks": 1}, remap=remap, attn_config=dict(PAGES=2) if group == 4 else None)
+
+
+def test_prefill_remap_default_knobs_long():
+    batch = make_batch([(0, 4133), (2048, 1500)], num_kv_heads=2, group=4, head_dim=128, block_size=64, dtype=BF16,
+                       device="cuda")  # fmt: skip
+    check_prefill(batch, DEFAULTS, remap=make_remap(batch, window_blocks=16, from_block=0))
+
+
+@pytest.mark.parametrize("group,dtype,head_dim,from_block", REMAP_CASES)
+def test_decode_remap(group, dtype, head_dim, from_block):
+    batch = make_batch(DECODE_SPECS, num_kv_heads=2, group=group, head_dim=head_dim, block_size=64, dtype=dtype,
+                       device="cuda", decode=True, seed=group)  # fmt: skip
+    remap = make_remap(batch, window_blocks=16, from_block=from_block, decode=True)
+    check_decode(batch, {**DEFAULTS, "dense_below": 256}, remap=remap)

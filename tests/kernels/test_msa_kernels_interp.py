@@ -9,7 +9,7 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
-from msa_cases import check_decode, check_kv_cache, check_prefill, make_batch  # noqa: E402
+from msa_cases import check_decode, check_kv_cache, check_prefill, make_batch, make_remap  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="interpreter tests run without CUDA")
 
@@ -89,3 +89,25 @@ def test_decode_many_splits(monkeypatch):
     batch = make_batch(DECODE_SPECS + [(700, 1)], num_kv_heads=2, group=4, head_dim=32, block_size=16, decode=True)
     check_decode(batch, {**KNOBS, "topk_blocks": 5})
     check_decode(batch, {**KNOBS, "topk_blocks": 0})
+
+
+REMAP_CASES = [  # (G, dtype, window_blocks, dense_below, from_block): all rows remapped, or only later blocks
+    (1, F32, 2, 40, 0), (3, BF16, 1, 40, 0), (4, F16, 1, 40, 2), (8, BF16, 2, 0, 5),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("group,dtype,window,dense_below,from_block", REMAP_CASES)
+def test_prefill_remap(group, dtype, window, dense_below, from_block):
+    # window 1, dense_below 40: the mixed block (dense and MSA rows) has a remote page; PAGES=2 on the rest
+    batch = make_batch(SPECS, num_kv_heads=2, group=group, head_dim=32, block_size=16, dtype=dtype, seed=group)
+    knobs = {**KNOBS, "window_blocks": window, "dense_below": dense_below}
+    remap = make_remap(batch, window_blocks=window, from_block=from_block)
+    check_prefill(batch, knobs, remap=remap, attn_config=dict(PAGES=2) if group == 4 else None)
+
+
+@pytest.mark.parametrize("group,dtype,from_block", [(1, F32, 0), (4, BF16, 0), (5, F16, 4)])
+def test_decode_remap(group, dtype, from_block):
+    batch = make_batch(DECODE_SPECS, num_kv_heads=2, group=group, head_dim=32, block_size=16, dtype=dtype, decode=True,
+                       seed=group)  # fmt: skip
+    knobs = {**KNOBS, "window_blocks": 1, "dense_below": 45}
+    check_decode(batch, knobs, remap=make_remap(batch, window_blocks=1, from_block=from_block, decode=True))

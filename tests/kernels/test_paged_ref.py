@@ -4,7 +4,7 @@ one-token prefill = decode."""
 
 import pytest
 import torch
-from msa_cases import make_batch, naive_decode, naive_prefill
+from msa_cases import make_batch, make_remap, naive_decode, naive_prefill
 
 from m3.kernels.paged_ref import (
     msa_decode_attention_ref,
@@ -81,3 +81,19 @@ def test_empty_batch():
     empty = torch.zeros(0, dtype=torch.int32)
     seq, ids = prefill_query_blocks(0, empty, empty, 16)
     assert seq.shape == ids.shape == (0,)
+
+
+@pytest.mark.parametrize("group,from_block", [(1, 0), (4, 3)])
+def test_remap_refs_equal_naive_masked(group, from_block):
+    # window 1 and dense_below 40: remote pages for MSA rows, also in the mixed block 2; from_block 3 mixes both kinds
+    knobs = {**KNOBS, "window_blocks": 1, "score": "bound"}
+    batch = make_batch(SPECS, num_kv_heads=2, group=group, head_dim=32, block_size=16, seed=group)
+    remap = make_remap(batch, window_blocks=1, from_block=from_block)
+    o, sel = msa_prefill_attention_ref(*batch.attention_args(), **knobs, remap=remap, return_sel=True)
+    torch.testing.assert_close(o, naive_prefill(batch, sel, 40, remap=remap), atol=2e-5, rtol=1e-5)
+    o_true = msa_prefill_attention_ref(*batch.attention_args(), **knobs)
+    assert (o - o_true).abs().max() > 1e-2, "remapped positions must change the remote scores"
+    dec = make_batch(SPECS, num_kv_heads=2, group=group, head_dim=32, block_size=16, seed=group, decode=True)
+    remap = make_remap(dec, window_blocks=1, from_block=from_block, decode=True)
+    o, pages = msa_decode_attention_ref(*dec.decode_args(), **knobs, remap=remap, return_sel=True)
+    torch.testing.assert_close(o, naive_decode(dec, pages, remap=remap, dense_below=40), atol=2e-5, rtol=1e-5)
