@@ -106,6 +106,8 @@ def main():
         "rows": rows,
     }
     for attention, lengths in (("msa", args.msa), ("dense", args.dense)):
+        if not lengths:
+            continue
         config = Config(
             device="cuda",
             dtype="bfloat16",

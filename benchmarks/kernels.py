@@ -36,9 +36,11 @@ PREFILL_CONFIGS = [  # sparse attention tiles tried at 128K; the fastest is used
     dict(BLOCK_M=128, PAGES=1, num_warps=8, num_stages=2),
     dict(BLOCK_M=128, PAGES=2, num_warps=8, num_stages=2),
     dict(BLOCK_M=128, PAGES=2, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, PAGES=4, num_warps=8, num_stages=2),
     dict(BLOCK_M=64, PAGES=1, num_warps=4, num_stages=3),
+    dict(BLOCK_M=64, PAGES=2, num_warps=4, num_stages=2),
 ]
-SELECT_CONFIGS = [dict(BLOCK_Q=32), dict(BLOCK_Q=16), dict(BLOCK_Q=32, BLOCK_N=128)]  # (4 warps spill on sm_90)
+SELECT_CONFIGS = [dict(BLOCK_Q=32), dict(BLOCK_Q=16), dict(BLOCK_Q=8), dict(BLOCK_Q=32, BLOCK_N=128)]  # 8 warps
 
 
 class Run:
@@ -180,6 +182,17 @@ def make_prefill(n: int):
     return t
 
 
+def bench_remap(q, kmean, kmin, kmax, num_pages: int):
+    """Remap inputs of the right shapes (timing only: q stands in for q_remote, the summaries for raw ones)."""
+    import torch
+
+    from m3.kernels.remap import Remap, rope_tables
+
+    inv_freq = 1.0 / 500000.0 ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
+    tables = rope_tables(inv_freq, num_pages, S, q.device)
+    return Remap(q, kmean, kmin, kmax, *tables, window_blocks=KNOBS["window_blocks"], from_block=0)
+
+
 def select_args(t):
     return (t["q"], t["kmean"], t["kmin"], t["kmax"], t["block_tables"], t["cu_seqlens_q"], t["q_start"],
             t["seq_lens"], t["qb_seq"], t["qb_ids"])  # fmt: skip
@@ -239,6 +252,14 @@ def msa_prefill_section(run: Run, n: int):
     t = make_prefill(n)
     rec = dict(context=n, select_config=sel_cfg, attention_config=attn_cfg)
     rec["summarize_blocks"] = timeit(t["summarize"], reps=5)
+    if n == max(run.data["contexts"]) and n > 128 * 1024:
+        # the selection's share grows with n: tune its tiles again at the longest context
+        tried = []
+        for cfg in SELECT_CONFIGS:
+            r = timeit(lambda cfg=cfg: prefill_select_rows(*select_args(t), **KNOBS, config=cfg), reps=3)
+            tried.append(dict(config=cfg, **r))
+        rec["selection_tuning"] = tried
+        sel_cfg = rec["select_config"] = min(tried, key=lambda r: r["median_ms"])["config"]
     rec["selection"] = timeit(lambda: prefill_select_rows(*select_args(t), **KNOBS, config=sel_cfg), reps=5)
     sel = prefill_select_rows(*select_args(t), **KNOBS, config=sel_cfg)
     fn = lambda: prefill_sparse_rows(*sparse_args(t, sel), dense_below=KNOBS["dense_below"], config=attn_cfg)
@@ -249,6 +270,9 @@ def msa_prefill_section(run: Run, n: int):
     args = [t[k] for k in ("q", "k_cache", "v_cache", "kmean", "kmin", "kmax", "block_tables", "cu_seqlens_q",
                            "q_start", "seq_lens")]  # fmt: skip
     rec["total_default_tiles"] = timeit(lambda: msa_prefill_attention(*args, **KNOBS), reps=5)
+    # remapped positions (every block remaps: remote pages un-rotated in registers, selection on raw summaries)
+    remap = bench_remap(t["q"], t["kmean"], t["kmin"], t["kmax"], t["block_tables"].shape[1])
+    rec["total_remap_default_tiles"] = timeit(lambda: msa_prefill_attention(*args, **KNOBS, remap=remap), reps=5)
     pairs = attended_pairs(sel, t["qb_ids"], n)
     rec["attended_pairs"] = pairs
     rec["attended_share"] = pairs / (H * n * (n + 1) / 2)
@@ -411,6 +435,13 @@ def decode_section(run: Run, n: int, batch: int):
     rec["msa_graph_cold_l2"] = timeit(graph.replay, reps=30, warmup=3, flush=flush)
     rec["msa_graph_warm"] = timeit(graph.replay, reps=20, warmup=3, inner=20)
     rec["msa_eager"] = timeit(lambda: msa_decode_attention(*args, **KNOBS), reps=20, warmup=2, inner=5)
+    remap = bench_remap(q, *sums, nb)
+    msa_decode_attention(*args, **KNOBS, remap=remap)
+    remap_graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(remap_graph):
+        msa_decode_attention(*args, **KNOBS, remap=remap)
+    rec["msa_remap_graph_cold_l2"] = timeit(remap_graph.replay, reps=30, warmup=3, flush=flush)
+    del remap_graph
     del graph, k_cache, v_cache
     torch.cuda.empty_cache()
     # dense: SDPA over each sequence's whole cache (B, Hkv, n, D); GQA by folding the G query heads of a KV head into

@@ -220,6 +220,9 @@ def prefill_config(group: int, block_size: int, head_dim: int) -> dict:
     else:
         cost = {bm: triton.cdiv(rows, bm) * bm * (1.25 if bm == 64 else 1.0) for bm in (64, 128)}
         block_m = min(cost, key=cost.get)
+    if block_m >= 128 and head_dim <= 128:
+        # two pages per step, two stages: 10% faster than one page at 128K on the H200 (kernels-h200 tuning record)
+        return dict(BLOCK_M=block_m, PAGES=2, num_warps=8, num_stages=2)
     return dict(BLOCK_M=block_m, PAGES=1, num_warps=8 if block_m >= 128 else 4, num_stages=3 if head_dim <= 128 else 2)
 
 
