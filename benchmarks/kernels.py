@@ -40,7 +40,10 @@ PREFILL_CONFIGS = [  # sparse attention tiles tried at 128K; the fastest is used
     dict(BLOCK_M=64, PAGES=1, num_warps=4, num_stages=3),
     dict(BLOCK_M=64, PAGES=2, num_warps=4, num_stages=2),
 ]
-SELECT_CONFIGS = [dict(BLOCK_Q=32), dict(BLOCK_Q=16), dict(BLOCK_Q=8), dict(BLOCK_Q=32, BLOCK_N=128)]  # 8 warps
+SELECT_CONFIGS = [  # 8 warps; MERGE_AT=0: always sort (the first version)
+    dict(BLOCK_Q=32), dict(BLOCK_Q=16), dict(BLOCK_Q=8), dict(BLOCK_Q=32, BLOCK_N=128), dict(BLOCK_Q=32, MERGE_AT=0),
+    dict(BLOCK_Q=16, MERGE_AT=16),
+]  # fmt: skip
 
 
 class Run:

@@ -3,7 +3,9 @@
 Never materialises the (n/S)^2 block-score matrix: a program takes BLOCK_Q consecutive query blocks of one sequence
 and one KV head (rows = BLOCK_Q x G query heads, so summary loads are shared) and streams over the candidate blocks
 twice: pass 1 gets each head's log-sum-exp over the candidates, pass 2 scores sum_g exp(s_g - lse_g) and keeps a
-running top-k per query block by bitonic merging (score, block id) packed into int64 keys.
+running top-k per query block of (score, block id) packed into int64 keys: a chunk with more than MERGE_AT new
+contenders in some row is merged by a bitonic half-cleaner (one sort), otherwise each contender replaces its row's
+current minimum (no sort; the common case once the set has filled, since candidates stream from the most recent).
 NOTE: the scoring dot runs on tensor cores with the mean query rounded to the cache dtype (the reference keeps it in
 float32), so near-ties may resolve differently; with a float32 cache it is exact.
 """
@@ -103,6 +105,7 @@ def _select_kernel(
     G: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, TOPK: tl.constexpr, NUM_SEL: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_SEL: tl.constexpr, BLOCK_D: tl.constexpr, IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr,
+    MERGE_AT: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -162,12 +165,25 @@ def _select_kernel(
         p = tl.where(valid_r, tl.math.exp2(s * qk_scale - lse[:, None]), 0.0)
         pq = tl.sum(tl.reshape(p, [BLOCK_Q, BLOCK_G, BLOCK_N]), axis=1)  # (BLOCK_Q, BLOCK_N)
         key = _pack_keys(pq, j[None, :], jm[None, :] & (j[None, :] < hi_q[:, None]))
-        if tl.max((tl.max(key, axis=1) > tl.min(run, axis=1)).to(tl.int32)) > 0:
-            # -- merge: the chunk's best BLOCK_K ascending against the running set descending; the elementwise max
-            # of the two is the best BLOCK_K of their union (bitonic half-cleaner) --
+        # candidates that beat their row's current k-th best; keys are unique, so the set stays exact
+        cand = tl.where(key > tl.min(run, axis=1)[:, None], key, -1)
+        n_new = tl.max(tl.sum((cand >= 0).to(tl.int32), axis=1))
+        if n_new > MERGE_AT:
+            # -- many: merge the chunk's best BLOCK_K ascending against the running set descending; the elementwise
+            # max of the two is the best BLOCK_K of their union (bitonic half-cleaner) --
             srt = tl.sort(key, dim=1)
             top = tl.max(tl.reshape(srt, [BLOCK_Q, BLOCK_N // BLOCK_K, BLOCK_K]), axis=1)
-            run = tl.sort(tl.maximum(run, top), dim=1, descending=True)
+            run = tl.maximum(tl.sort(run, dim=1, descending=True), top)
+        else:
+            # -- few (the common case once the set has filled): each replaces its row's current minimum --
+            slot = tl.arange(0, BLOCK_K)[None, :]
+            for _ in range(0, n_new):
+                best = tl.max(cand, axis=1)  # (BLOCK_Q,)
+                worst = tl.argmin(run, axis=1)  # first slot of the row's minimum
+                take = best > tl.min(run, axis=1)
+                run = tl.where(take[:, None] & (slot == worst[:, None]), best[:, None], run)
+                cand = tl.where(cand == best[:, None], -1, cand)
+    run = tl.sort(run, dim=1, descending=True)
     # -- chosen blocks: the best TOPK, as ascending ids --
     rank = tl.arange(0, BLOCK_K)
     chosen = (rank[None, :] < TOPK) & (run >= 0)
@@ -213,7 +229,7 @@ def select_config(group: int, topk_blocks: int) -> dict:
     block_k = triton.next_power_of_2(max(topk_blocks, 1))
     block_q = max(1, min(32, 128 // block_g))
     # NOTE: 8 warps even for small tiles: the (BLOCK_Q, BLOCK_N) int64 sorts spill registers with 4 on sm_90
-    return dict(BLOCK_Q=block_q, BLOCK_N=max(64, block_k), num_warps=8, num_stages=2)
+    return dict(BLOCK_Q=block_q, BLOCK_N=max(64, block_k), MERGE_AT=8, num_warps=8, num_stages=2)
 
 
 def prefill_select_rows(

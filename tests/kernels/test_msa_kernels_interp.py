@@ -65,12 +65,14 @@ def test_prefill_no_topk_and_all_dense():
     check_prefill(batch, {**KNOBS, "dense_below": 1 << 20})
 
 
-@pytest.mark.parametrize("group,dtype", [(4, F32), (5, BF16)])
-def test_select_streams_many_candidates(group, dtype):
-    # small tiles: several tiles per sequence and several candidate chunks merged into the running top-k
-    batch = make_batch([(0, 700), (320, 90)], num_kv_heads=2, group=group, head_dim=16, block_size=16, dtype=dtype)
+@pytest.mark.parametrize("group,dtype,merge_at", [(4, F32, 0), (4, F32, 16), (5, BF16, 2), (3, F32, 2)])
+def test_select_streams_many_candidates(group, dtype, merge_at):
+    # small tiles: several tiles per sequence and several candidate chunks merged into the running top-k, by sorting
+    # (merge_at 0), by replacing minima one by one (merge_at 16 = the chunk width), or both (2)
+    batch = make_batch([(0, 700), (320, 90)], num_kv_heads=2, group=group, head_dim=16, block_size=16, dtype=dtype,
+                       seed=group)  # fmt: skip
     knobs = {**KNOBS, "topk_blocks": 5, "window_blocks": 3}
-    check_prefill(batch, knobs, select_config=dict(BLOCK_Q=4, BLOCK_N=16))
+    check_prefill(batch, knobs, select_config=dict(BLOCK_Q=4, BLOCK_N=16, MERGE_AT=merge_at))
 
 
 @pytest.mark.parametrize("group,dtype,score", [(1, F32, "bound"), (3, BF16, "mean"), (4, F16, "bound"),
