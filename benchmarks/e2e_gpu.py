@@ -2,10 +2,11 @@
 paged KV, chunked prefill, model runner with the Triton MSA kernels): time to first token, decode tokens/s and peak
 GPU memory at long contexts, MSA vs dense. Everything here is end to end (all 28 layers, MLPs, LM head).
 
-NOTE: positions="true" for both: remapped positions run on the reference path (docs/kernels.md), and speed does
-not depend on the weights. Dense at the longest contexts is fitted and extrapolated (labelled) when it would not fit
-the time budget.
+--positions remap times MSA with remapped positions (remote pages un-rotated in the kernels); dense always uses true
+positions. Speed does not depend on the weights. Dense at the longest contexts is fitted and extrapolated (labelled)
+when it would not fit the time budget.
 Usage: python benchmarks/e2e_gpu.py --out results.json [--msa 131072,524288,1048576] [--dense 65536,131072]
+       [--positions true|remap]
 """
 
 import argparse
@@ -94,6 +95,7 @@ def main():
     ap.add_argument("--dense", default="65536,131072")
     ap.add_argument("--decode-tokens", type=int, default=16)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--positions", default="true", choices=["true", "remap"], help="MSA's positions (msa.md)")
     args = ap.parse_args()
     longest = max(int(x) for x in (args.msa + "," + args.dense).split(",") if x)
     weights = random_weights(QWEN25_7B)
@@ -102,7 +104,7 @@ def main():
         "model": "Qwen2.5-7B shape (28 layers, 28 q heads, 4 KV heads, D=128), random bf16 weights",
         "chunk_tokens": CHUNK,
         "batch": 1,
-        "positions": "true",
+        "positions": args.positions,
         "rows": rows,
     }
     for attention, lengths in (("msa", args.msa), ("dense", args.dense)):
@@ -112,7 +114,7 @@ def main():
             device="cuda",
             dtype="bfloat16",
             attention=attention,
-            positions="true",
+            positions=args.positions if attention == "msa" else "true",
             max_num_batched_tokens=CHUNK,
             num_kv_blocks=longest // 64 + 64,
         )
