@@ -1,7 +1,8 @@
 """Triton KV-cache writes: new K/V rows into the paged cache by slot mapping, and the per-block key summaries.
 
 Twins of kv_cache_ref.py (same signatures). One program per token row for the write and one per (block, KV head) for
-the summaries; both are copies at memory speed. Summaries of un-rotated keys (remap) stay on the reference path (v1).
+the summaries; both are copies at memory speed. Summaries of un-rotated keys (remap) are written by the layer with
+the torch reference (summarize_blocks_ref with unrotate=), on any device.
 """
 
 import torch
@@ -94,7 +95,7 @@ def summarize_blocks(
     unrotate: tuple[torch.Tensor, torch.Tensor] | None = None,
 ):
     """Write mean/min/max of the keys of full blocks `block_ids` (M,) into the summaries (NB, Hkv, D)."""
-    assert unrotate is None, "summaries of un-rotated keys (remap) run on the reference path (v1)"
+    assert unrotate is None, "summaries of un-rotated keys (remap): use kv_cache_ref.summarize_blocks_ref"
     num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
     assert kmean.shape == kmin.shape == kmax.shape == (num_blocks, num_kv_heads, head_dim)
     assert kmean.stride() == kmin.stride() == kmax.stride() and kmean.stride(-1) == 1 and k_cache.stride(-1) == 1
