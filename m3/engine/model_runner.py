@@ -58,9 +58,11 @@ class ModelRunner:
             self.generator.seed()
         else:
             self.generator.manual_seed(config.sampling_seed)
-        # -- KV cache: remapped positions need raw-key summaries too --
+        # -- KV cache: remapped positions need raw-key summaries too ("auto" remaps a query block that reaches past the
+        # trained length, so a partial last block counts whole) --
+        padded_len = -(-max_model_len // config.block_size) * config.block_size
         self.uses_remap = config.attention == "msa" and (
-            config.positions == "remap" or (config.positions == "auto" and max_model_len > args.max_position_embeddings)
+            config.positions == "remap" or (config.positions == "auto" and padded_len > args.max_position_embeddings)
         )
         self.num_blocks = config.num_kv_blocks or self._blocks_for(config.kv_cache_gb)
         if self.num_blocks * self.block_size < max_model_len:
