@@ -30,6 +30,7 @@ class AttentionMetadata:
     filled_block_starts: torch.Tensor  # (M,) absolute position of the first token of each filled block
     q_start_t: torch.Tensor | None = None  # (B,) int32 copies on the device, for the fast kernels
     seq_lens_t: torch.Tensor | None = None
+    filled_cos_sin: tuple | None = None  # RoPE of the filled blocks' keys (M, S, D): set by the first layer, shared
 
 
 @dataclass
@@ -212,9 +213,12 @@ class PagedAttention(torch.nn.Module):
 
     def _summarize_raw(self, meta: AttentionMetadata):
         cache, bs = self.cache, self.msa.block_size
-        pos = meta.filled_block_starts[:, None] + torch.arange(bs, device=cache.k.device)  # (M, S)
-        cos, sin = self.rotary.cos_sin(pos)
-        summarize_blocks_ref(cache.k, meta.filled_blocks, cache.raw_kmean, cache.raw_kmin, cache.raw_kmax, (cos, sin))
+        if meta.filled_cos_sin is None:  # the same angles for every layer of the step
+            pos = meta.filled_block_starts[:, None] + torch.arange(bs, device=cache.k.device)  # (M, S)
+            meta.filled_cos_sin = self.rotary.cos_sin(pos)
+        summarize_blocks_ref(
+            cache.k, meta.filled_blocks, cache.raw_kmean, cache.raw_kmin, cache.raw_kmax, meta.filled_cos_sin
+        )
 
     def _all_dense(self, meta: AttentionMetadata, b: int) -> bool:
         return not self.msa.use_msa or meta.seq_lens[b] <= self.msa.dense_below
