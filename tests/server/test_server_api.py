@@ -130,7 +130,12 @@ def test_disconnect_mid_stream_aborts_and_bills_what_was_generated(live):
     assert live.ledger.check_integrity() == []
 
 
-def test_disconnect_of_a_non_streaming_request_aborts_it(live):
+def test_disconnect_of_a_non_streaming_request_aborts_it(live, monkeypatch):
+    # NOTE: the tiny model can write 450 tokens in well under the client's 0.3 s on an idle machine; 5 ms per engine
+    # step keeps the request running (>= 2 s) long after the client has gone, so the race cannot settle it first
+    runner = live.engine.engine.runner
+    run = runner.run
+    monkeypatch.setattr(runner, "run", lambda batch: (time.sleep(0.005), run(batch))[1])
     before = {r.request_id for r in _rows(live)}
     body = {**CHAT, "max_tokens": 450, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
