@@ -110,6 +110,25 @@ def timeit(fn, reps: int = 5, warmup: int = 1, inner: int = 1, flush=None) -> di
                 reps=reps, inner=inner)  # fmt: skip
 
 
+def kernel_breakdown(fn, reps: int = 20) -> dict:
+    """Mean GPU time in us per call of each kernel `fn` launches (torch.profiler / CUPTI), by kernel name."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    out = {}
+    for e in prof.key_averages():
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.count:
+            name = e.key[:60]
+            out[name] = round(out.get(name, 0.0) + e.device_time_total / reps, 2)  # us per call
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def l2_flusher():
     import torch
 
@@ -441,6 +460,10 @@ def decode_section(run: Run, n: int, batch: int):
     rec["msa_graph_cold_l2"] = timeit(graph.replay, reps=30, warmup=3, flush=flush)
     rec["msa_graph_warm"] = timeit(graph.replay, reps=20, warmup=3, inner=20)
     rec["msa_eager"] = timeit(lambda: msa_decode_attention(*args, **KNOBS), reps=20, warmup=2, inner=5)
+    try:
+        rec["msa_kernels_us"] = kernel_breakdown(graph.replay)  # warm L2
+    except Exception as e:  # noqa: BLE001
+        rec["msa_kernels_us"] = dict(error=f"{type(e).__name__}: {e}"[:300])
     remap = bench_remap(q, *sums, nb)
     msa_decode_attention(*args, **KNOBS, remap=remap)
     remap_graph = torch.cuda.CUDAGraph()
@@ -473,6 +496,43 @@ def decode_section(run: Run, n: int, batch: int):
     print(f"   decode {n // 1024}K x{batch}: MSA {rec['msa_graph_cold_l2']['median_ms'] * 1e3:.1f} us/step "
           f"(graph, cold L2; eager {rec['msa_eager']['median_ms'] * 1e3:.1f} us), dense best "
           f"{(rec['dense_best_ms'] or float('nan')) * 1e3:.1f} us", flush=True)  # fmt: skip
+
+
+def decode_tune_section(run: Run, n: int, batch: int):
+    """Graph-replay time of one decode step for the split sizes of msa_decode (score / top-k splits)."""
+    import torch
+
+    from m3.kernels import msa_decode
+    from m3.kernels.kv_cache import summarize_blocks
+
+    dev, bf = "cuda", torch.bfloat16
+    nb = n // S
+    k_cache = torch.randn(batch * nb, S, HKV, D, dtype=bf, device=dev)
+    sums = [torch.empty(batch * nb, HKV, D, dtype=bf, device=dev) for _ in range(3)]
+    summarize_blocks(k_cache, torch.arange(batch * nb, device=dev), *sums)
+    tables = torch.randperm(batch * nb, device=dev).int().view(batch, nb)
+    lens = torch.full((batch,), n, dtype=torch.int32, device=dev)
+    q = torch.randn(batch, H, D, dtype=bf, device=dev)
+    args = (q, k_cache, k_cache, *sums, tables, lens)
+    flush = l2_flusher()
+    saved = msa_decode._SCORE_SPLIT, msa_decode._TOPK_SPLIT
+    rows = []
+    for score_split, topk_split in ((128, 1024), (256, 512), (256, 1024), (256, 2048), (512, 1024), (512, 2048)):
+        msa_decode._SCORE_SPLIT, msa_decode._TOPK_SPLIT = score_split, topk_split
+        try:
+            msa_decode.msa_decode_attention(*args, **KNOBS)
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                msa_decode.msa_decode_attention(*args, **KNOBS)
+            r = timeit(graph.replay, reps=20, warmup=3, flush=flush)
+            rows.append(dict(score_split=score_split, topk_split=topk_split, median_us=r["median_ms"] * 1e3))
+            del graph
+        except Exception as e:  # noqa: BLE001
+            rows.append(dict(score_split=score_split, topk_split=topk_split, error=f"{type(e).__name__}: {e}"[:300]))
+        print(f"   decode tune {n // 1024}K x{batch}: {rows[-1]}", flush=True)
+    msa_decode._SCORE_SPLIT, msa_decode._TOPK_SPLIT = saved
+    run.data.setdefault("decode_tune", {})[f"{n}x{batch}"] = rows
 
 
 # -- summary table --
@@ -519,7 +579,8 @@ def main():
     p.add_argument("--contexts", default=",".join(str(c) for c in CONTEXTS))
     p.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget; dense/flex runs yield to it")
     p.add_argument("--dense-max-s", type=float, default=30.0, help="extrapolate dense calls predicted to be slower")
-    p.add_argument("--skip", default="", help="comma-separated: tune,check,flex,dense,decode")
+    p.add_argument("--skip", default="", help="comma-separated: tune,check,flex,dense,decode,prefill")
+    p.add_argument("--decode-tune", action="store_true", help="also sweep the decode split sizes")
     args = p.parse_args()
     if args.table:
         print(table(json.load(open(args.table))))
@@ -539,9 +600,13 @@ def main():
     if "tune" not in skip:
         with run.section("tune"):
             tune_section(run, min(128 * 1024, max(contexts)))
-    for n in contexts:
+    for n in contexts if "prefill" not in skip else []:
         with run.section(f"msa_prefill_{n}"):
             msa_prefill_section(run, n)
+    if args.decode_tune:
+        for n, b in ((max(contexts), 1), (128 * 1024, 8)):
+            with run.section(f"decode_tune_{n}x{b}"):
+                decode_tune_section(run, n, b)
     if "decode" not in skip:
         for n, b in ((max(contexts), 1), (128 * 1024, 8), (128 * 1024, 32)):
             with run.section(f"decode_{n}x{b}"):

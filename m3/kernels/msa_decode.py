@@ -1,10 +1,12 @@
 """Triton MSA sparse decode: B sequences of different lengths, one query token each (msa.md "Decode").
 
-Selection in three launches, parallel over candidate splits so one long sequence still fills the GPU: (1) block
-logits of each split + per-split softmax partials, (2) per split, group-summed probabilities and a local top-k,
-(3) merge of the split top-ks into the page list (B, Hkv, KD). Attention is split-KV over only the listed pages,
-then a combine kernel. Every buffer has a size fixed by shapes (B, max_blocks, knobs) and nothing syncs with the
-host, so a decode step can be captured in a CUDA graph; rows with seq_len <= 0 are padding (output zeros).
+Three launches, each parallel over splits so one long sequence still fills the GPU: (1) block logits of each
+candidate split + per-split softmax partials; (2) per split, group-summed probabilities and a bitonic top-k
+(tl.topk); the last split of a (sequence, KV head) to finish merges the split top-ks and writes the page list
+(B, Hkv, KD); (3) split-KV attention over only the listed pages; the last split to finish combines the partials.
+"Last to finish" is an atomic counter per (sequence, KV head), reset by that program. Every buffer has a size fixed
+by shapes (B, max_blocks, knobs) and nothing syncs with the host, so a decode step can be captured in a CUDA graph;
+rows with seq_len <= 0 are padding (output zeros).
 Remapped positions (remap.py): a sequence whose query block is >= remap_from selects with q_remote against the raw
 summaries and scores its remote pages with q_remote against keys whose RoPE is undone in registers.
 """
@@ -22,6 +24,7 @@ from m3.kernels.remap import Remap, remap_inputs, select_remapped
 
 _SCORE_SPLIT = 256  # candidate blocks scored per program (the summary read is the decode floor: spread it wide)
 _TOPK_SPLIT = 1024  # candidate blocks per local top-k (fewer splits = a smaller final merge)
+_COMBINE_ELEMS = 4096  # split partials combined per load: BLOCK_C x G x D elements
 
 
 @triton.jit
@@ -77,13 +80,53 @@ def _decode_scores_kernel(
 
 
 @triton.jit
+def _is_last(CNT, idx, n):
+    """True in the last of the n programs that arrive at counter idx (it resets the counter for the next launch): the
+    stores every program made before arriving are then visible to it (read them with cache_modifier=".cg")."""
+    tl.debug_barrier()  # all threads' stores are issued before the releasing atomic
+    last = tl.atomic_add(CNT + idx, 1, sem="acq_rel") == n - 1
+    tl.atomic_xchg(CNT + idx, 0, mask=last)
+    tl.debug_barrier()
+    return last
+
+
+@triton.jit
+def _store_pages(
+    top, seq_len, row, dense_below,
+    S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, TOPK: tl.constexpr, NUM_PAGES: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_PAGES: tl.constexpr,
+):  # fmt: skip
+    """Write one page list: sinks, the chosen blocks (keys `top`, best first, -1 = none) ascending, window, current
+    block; every block up to the current one for a dense sequence; -1 for padding rows and past the end."""
+    is_active = seq_len > 0
+    is_dense = seq_len - 1 < dense_below
+    i = tl.maximum(seq_len - 1, 0) // S
+    kk = tl.arange(0, BLOCK_K)
+    chosen = (kk < TOPK) & (top >= 0) & is_active & ~is_dense
+    ids = tl.sort(tl.where(chosen, _low_ids(top), 2147483647))
+    n_ch = tl.sum(chosen.to(tl.int32), axis=0)
+    n_sink = tl.minimum(i, SINK)
+    w_lo = tl.maximum(i - WINDOW, SINK)
+    n_win = tl.maximum(i - w_lo, 0)
+    a = n_sink + n_ch
+    pos = tl.arange(0, BLOCK_PAGES)
+    msa = tl.where(pos < n_sink, pos, tl.where(pos < a + n_win, w_lo + pos - a, tl.where(pos == a + n_win, i, -1)))
+    pages = tl.where(is_dense, tl.where(pos <= i, pos, -1), msa)
+    pages = tl.where(is_active, pages, -1)
+    in_chosen = (pos >= n_sink) & (pos < a)
+    tl.store(row + pos, pages, mask=(pos < NUM_PAGES) & ~in_chosen)
+    tl.store(row + n_sink + kk, ids, mask=kk < n_ch)
+
+
+@triton.jit
 def _decode_topk_kernel(
-    SC, PM, PL, SEQ_LENS, TK,
-    stride_scb, stride_sch, stride_scg,
+    SC, PM, PL, SEQ_LENS, TK, CNT, PAGES,
+    stride_scb, stride_sch, stride_scg, stride_pb, stride_ph,
     dense_below,
-    G: tl.constexpr, S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, TOPK_SPLIT: tl.constexpr,
-    NUM_SCORE_SPLITS: tl.constexpr, NUM_TOPK_SPLITS: tl.constexpr, BLOCK_SCORE_SPLITS: tl.constexpr,
-    BLOCK_G: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_K: tl.constexpr,
+    G: tl.constexpr, S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, TOPK: tl.constexpr,
+    NUM_PAGES: tl.constexpr, TOPK_SPLIT: tl.constexpr, NUM_SCORE_SPLITS: tl.constexpr,
+    NUM_TOPK_SPLITS: tl.constexpr, BLOCK_SCORE_SPLITS: tl.constexpr, BLOCK_TOPK_SPLITS: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_PAGES: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -104,7 +147,7 @@ def _decode_topk_kernel(
     lse = mg + tl.math.log2(tl.sum(pl * tl.math.exp2(pm - mg[None, :]), axis=0))  # (BLOCK_G,)
     # rows of the score buffer are the G real heads (padded to BLOCK_GP), not the BLOCK_G rows of the dot
     lse = tl.sum(tl.where(g[None, :] == tl.arange(0, BLOCK_GP)[:, None], lse[None, :], 0.0), axis=1)  # (BLOCK_GP,)
-    # -- this split's candidates: probabilities summed over the group, best BLOCK_K kept --
+    # -- this split's candidates: probabilities summed over the group, best BLOCK_K kept (bitonic top-k) --
     gp = tl.arange(0, BLOCK_GP)
     jj = lo + tl.arange(0, TOPK_SPLIT)
     jm = jj < end
@@ -112,61 +155,47 @@ def _decode_topk_kernel(
     sc_row = SC + b.to(tl.int64) * stride_scb + h * stride_sch + gp[:, None] * stride_scg
     s = tl.load(sc_row + jj[None, :], mask=valid, other=float("-inf"))
     p = tl.where(valid, tl.math.exp2(s - lse[:, None]), 0.0)
-    key = _pack_keys(tl.sum(p, axis=0), jj, jm)
-    top = tl.max(tl.reshape(tl.sort(key), [TOPK_SPLIT // BLOCK_K, BLOCK_K]), axis=0)  # ascending
-    tl.store(TK + (bh * NUM_TOPK_SPLITS + c) * BLOCK_K + tl.arange(0, BLOCK_K), top)
+    top = tl.topk(_pack_keys(tl.sum(p, axis=0), jj, jm), BLOCK_K)  # best first
+    row = PAGES + b.to(tl.int64) * stride_pb + h * stride_ph
+    pargs = (S, SINK, WINDOW, TOPK, NUM_PAGES, BLOCK_K, BLOCK_PAGES)
+    if NUM_TOPK_SPLITS == 1:
+        _store_pages(top, seq_len, row, dense_below, *pargs)
+    else:
+        # -- the last split of (b, h) to finish merges every split's best into the page list --
+        kk = tl.arange(0, BLOCK_K)
+        tl.store(TK + (bh * NUM_TOPK_SPLITS + c) * BLOCK_K + kk, top)
+        if _is_last(CNT, bh, NUM_TOPK_SPLITS):
+            ct = tl.arange(0, BLOCK_TOPK_SPLITS)
+            keys = tl.load(TK + (bh * NUM_TOPK_SPLITS + ct[:, None]) * BLOCK_K + kk[None, :],
+                           mask=ct[:, None] < NUM_TOPK_SPLITS, other=-1, cache_modifier=".cg")  # fmt: skip
+            top = tl.topk(tl.reshape(keys, [BLOCK_TOPK_SPLITS * BLOCK_K]), BLOCK_K)
+            _store_pages(top, seq_len, row, dense_below, *pargs)
 
 
 @triton.jit
 def _decode_pages_kernel(
-    TK, SEQ_LENS, PAGES,
+    SEQ_LENS, PAGES,
     stride_pb, stride_ph,
     dense_below,
-    S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, TOPK: tl.constexpr, NUM_PAGES: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, BLOCK_SPLITS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_PAGES: tl.constexpr,
+    S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, NUM_PAGES: tl.constexpr, BLOCK_PAGES: tl.constexpr,
 ):  # fmt: skip
+    """Page lists without chosen blocks (topk_blocks == 0)."""
     b = tl.program_id(0)
     h = tl.program_id(1)
-    seq_len = tl.load(SEQ_LENS + b)
-    is_active = seq_len > 0
-    is_dense = seq_len - 1 < dense_below
-    i = tl.maximum(seq_len - 1, 0) // S
-    # -- merge the split top-ks: sort all, the last BLOCK_K are the best --
-    bh = b * tl.num_programs(1) + h
-    cs = tl.arange(0, BLOCK_SPLITS)
-    kk = tl.arange(0, BLOCK_K)
-    keys = tl.load(
-        TK + (bh * NUM_SPLITS + cs[:, None]) * BLOCK_K + kk[None, :], mask=cs[:, None] < NUM_SPLITS, other=-1
-    )
-    flat = tl.sort(tl.reshape(keys, [BLOCK_SPLITS * BLOCK_K]))
-    top = tl.max(tl.reshape(flat, [BLOCK_SPLITS, BLOCK_K]), axis=0)  # ascending
-    chosen = (BLOCK_K - 1 - kk < TOPK) & (top >= 0) & is_active & ~is_dense
-    ids = tl.sort(tl.where(chosen, _low_ids(top), 2147483647))
-    n_ch = tl.sum(chosen.to(tl.int32), axis=0)
-    # -- page list: sinks, chosen, window, current block (or every block for a dense sequence) --
-    n_sink = tl.minimum(i, SINK)
-    w_lo = tl.maximum(i - WINDOW, SINK)
-    n_win = tl.maximum(i - w_lo, 0)
-    a = n_sink + n_ch
-    pos = tl.arange(0, BLOCK_PAGES)
-    msa = tl.where(pos < n_sink, pos, tl.where(pos < a + n_win, w_lo + pos - a, tl.where(pos == a + n_win, i, -1)))
-    pages = tl.where(is_dense, tl.where(pos <= i, pos, -1), msa)
-    pages = tl.where(is_active, pages, -1)
     row = PAGES + b.to(tl.int64) * stride_pb + h * stride_ph
-    in_chosen = (pos >= n_sink) & (pos < a)
-    tl.store(row + pos, pages, mask=(pos < NUM_PAGES) & ~in_chosen)
-    tl.store(row + n_sink + kk, ids, mask=kk < n_ch)
+    none = tl.full([16], -1, tl.int64)
+    _store_pages(none, tl.load(SEQ_LENS + b), row, dense_below, S, SINK, WINDOW, 0, NUM_PAGES, 16, BLOCK_PAGES)
 
 
 @triton.jit
 def _decode_attn_kernel(
-    Q, K_CACHE, V_CACHE, BT, PAGES, SEQ_LENS, PO, PLSE, QR, PCOS, PSIN, OCOS, OSIN,
+    Q, K_CACHE, V_CACHE, BT, PAGES, SEQ_LENS, PO, PLSE, CNT, OUT, QR, PCOS, PSIN, OCOS, OSIN,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-    stride_bt, stride_pb, stride_ph, stride_rb, stride_rh,
+    stride_bt, stride_pb, stride_ph, stride_ob, stride_oh, stride_rb, stride_rh,
     head_dim, qk_scale, remap_from, dense_below,
     G: tl.constexpr, S: tl.constexpr, NUM_PAGES: tl.constexpr, PAGES_PER_SPLIT: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_PAGES: tl.constexpr, BLOCK_D: tl.constexpr,
-    IS_FP32: tl.constexpr, REMAP: tl.constexpr, WINDOW: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_PAGES: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, IS_FP32: tl.constexpr, REMAP: tl.constexpr, WINDOW: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -229,38 +258,47 @@ def _decode_attn_kernel(
     has = l_i > 0
     o = tl.where(has[:, None], acc / tl.where(has, l_i, 1.0)[:, None], 0.0)
     lse = tl.where(has, m_i + tl.math.log2(tl.where(has, l_i, 1.0)), float("-inf"))
-    part = (b * tl.num_programs(1) + h) * NUM_SPLITS + c
-    tl.store(PO + (part * BLOCK_G + g)[:, None] * BLOCK_D + d[None, :], o)
-    tl.store(PLSE + part * BLOCK_G + g, lse)
+    o_base = OUT + b.to(tl.int64) * stride_ob + h * G * stride_oh
+    if NUM_SPLITS == 1:
+        tl.store(o_base + g[:, None] * stride_oh + d[None, :], o.to(OUT.dtype.element_ty), mask=gm[:, None] & dm[None, :])
+    else:
+        # -- partials of the G real rows; the last split of (b, h) to finish combines them --
+        bh = b * tl.num_programs(1) + h
+        part = bh * NUM_SPLITS + c
+        tl.store(PO + (part * BLOCK_GP + g)[:, None] * BLOCK_D + d[None, :], o, mask=gm[:, None])
+        tl.store(PLSE + part * BLOCK_GP + g, lse, mask=gm)
+        if _is_last(CNT, bh, NUM_SPLITS):
+            _combine(PO, PLSE, o_base, bh, stride_oh, head_dim, G, NUM_SPLITS, BLOCK_GP, BLOCK_D, BLOCK_C)
 
 
 @triton.jit
-def _decode_combine_kernel(
-    PO, PLSE, OUT,
-    stride_ob, stride_oh,
-    head_dim,
-    G: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+def _combine(
+    PO, PLSE, o_base, bh, stride_oh, head_dim,
+    G: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    g = tl.arange(0, BLOCK_G)
+    """o = sum_c exp(lse_c - lse) o_c over the split partials of (b, h), BLOCK_C splits per load."""
+    g = tl.arange(0, BLOCK_GP)
     d = tl.arange(0, BLOCK_D)
-    m = tl.full([BLOCK_G], -1.0e30, tl.float32)
-    den = tl.zeros([BLOCK_G], tl.float32)
-    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    for c in range(0, NUM_SPLITS):
-        part = (b * tl.num_programs(1) + h) * NUM_SPLITS + c
-        lse = tl.load(PLSE + part * BLOCK_G + g)
-        po = tl.load(PO + (part * BLOCK_G + g)[:, None] * BLOCK_D + d[None, :])
-        m_new = tl.maximum(m, lse)
+    cc = tl.arange(0, BLOCK_C)
+    m = tl.full([BLOCK_GP], -1.0e30, tl.float32)
+    den = tl.zeros([BLOCK_GP], tl.float32)
+    acc = tl.zeros([BLOCK_GP, BLOCK_D], tl.float32)
+    for c0 in range(0, NUM_SPLITS, BLOCK_C):
+        part = bh * NUM_SPLITS + c0 + cc  # (BLOCK_C,)
+        ok = ((c0 + cc) < NUM_SPLITS)[:, None] & (g < G)[None, :]
+        lse = tl.load(PLSE + part[:, None] * BLOCK_GP + g[None, :], mask=ok, other=float("-inf"),
+                      cache_modifier=".cg")  # fmt: skip
+        po = tl.load(PO + (part[:, None, None] * BLOCK_GP + g[None, :, None]) * BLOCK_D + d[None, None, :],
+                     mask=ok[:, :, None], other=0.0, cache_modifier=".cg")  # fmt: skip
+        m_new = tl.maximum(m, tl.max(lse, axis=0))
         alpha = tl.math.exp2(m - m_new)
-        wgt = tl.math.exp2(lse - m_new)
-        den = den * alpha + wgt
-        acc = acc * alpha[:, None] + wgt[:, None] * po
+        wgt = tl.math.exp2(lse - m_new[None, :])  # (BLOCK_C, BLOCK_GP); 0 for empty splits
+        den = den * alpha + tl.sum(wgt, axis=0)
+        acc = acc * alpha[:, None] + tl.sum(wgt[:, :, None] * po, axis=0)
         m = m_new
     o = tl.where((den > 0)[:, None], acc / tl.where(den > 0, den, 1.0)[:, None], 0.0)
-    o_ptr = OUT + b.to(tl.int64) * stride_ob + (h * G + g)[:, None] * stride_oh + d[None, :]
-    tl.store(o_ptr, o.to(OUT.dtype.element_ty), mask=(g < G)[:, None] & (d < head_dim)[None, :])
+    o_ptr = o_base + g[:, None] * stride_oh + d[None, :]
+    tl.store(o_ptr, o.to(o_base.dtype.element_ty), mask=(g < G)[:, None] & (d < head_dim)[None, :])
 
 
 @functools.lru_cache
@@ -318,38 +356,38 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
     block_k = triton.next_power_of_2(max(topk_blocks, 1))
     num_cand = max(max_blocks - sink_blocks, 1)  # upper bound on candidates of any sequence
     score_split, topk_split = _SCORE_SPLIT, max(_TOPK_SPLIT, block_k)
-    num_score_splits = triton.cdiv(num_cand, score_split) if topk_blocks > 0 else 0
-    num_topk_splits = triton.cdiv(num_cand, topk_split) if topk_blocks > 0 else 0
-    keys = torch.empty(num_seqs, num_kv_heads, max(num_topk_splits, 1), block_k, dtype=torch.int64, device=q.device)
-    if topk_blocks > 0:
-        scores = torch.empty(num_seqs, num_kv_heads, group, max_blocks, dtype=torch.float32, device=q.device)
-        part_m = torch.empty(num_seqs, num_kv_heads, num_score_splits, block_g, dtype=torch.float32, device=q.device)
-        part_l = torch.empty_like(part_m)
-        common = dict(G=group, S=block_size, SINK=sink_blocks, WINDOW=window_blocks, BLOCK_G=block_g)
-        _decode_scores_kernel[(num_seqs, num_kv_heads, num_score_splits)](
-            q, kmean, kmin, kmax, block_tables, seq_lens, scores, part_m, part_l,
-            q.stride(0), q.stride(1), kmean.stride(0), kmean.stride(1), block_tables.stride(0),
-            *scores.stride()[:3],
-            dense_below, head_dim, LOG2E / head_dim**0.5,
-            SCORE_SPLIT=score_split, NUM_SCORE_SPLITS=num_score_splits, BLOCK_N=min(64, score_split),
-            BLOCK_D=triton.next_power_of_2(head_dim), IS_BOUND=score == "bound", IS_FP32=q.dtype == torch.float32,
-            **common,
+    num_score_splits = triton.cdiv(num_cand, score_split)
+    num_topk_splits = triton.cdiv(num_cand, topk_split)
+    block_pages = triton.next_power_of_2(num_pages)
+    if topk_blocks == 0:
+        _decode_pages_kernel[(num_seqs, num_kv_heads)](
+            seq_lens, pages, pages.stride(0), pages.stride(1), dense_below,
+            S=block_size, SINK=sink_blocks, WINDOW=window_blocks, NUM_PAGES=num_pages, BLOCK_PAGES=block_pages,
         )  # fmt: skip
-        _decode_topk_kernel[(num_seqs, num_kv_heads, num_topk_splits)](
-            scores, part_m, part_l, seq_lens, keys,
-            *scores.stride()[:3],
-            dense_below,
-            TOPK_SPLIT=topk_split, NUM_SCORE_SPLITS=num_score_splits, NUM_TOPK_SPLITS=num_topk_splits,
-            BLOCK_SCORE_SPLITS=triton.next_power_of_2(num_score_splits), BLOCK_GP=triton.next_power_of_2(group),
-            BLOCK_K=block_k, num_warps=8 if topk_split >= 1024 else 4, **common,
-        )  # fmt: skip
-    _decode_pages_kernel[(num_seqs, num_kv_heads)](
-        keys, seq_lens, pages,
-        pages.stride(0), pages.stride(1),
+        return pages
+    keys = torch.empty(num_seqs, num_kv_heads, num_topk_splits, block_k, dtype=torch.int64, device=q.device)
+    counters = torch.zeros(num_seqs * num_kv_heads, dtype=torch.int32, device=q.device)
+    scores = torch.empty(num_seqs, num_kv_heads, group, max_blocks, dtype=torch.float32, device=q.device)
+    part_m = torch.empty(num_seqs, num_kv_heads, num_score_splits, block_g, dtype=torch.float32, device=q.device)
+    part_l = torch.empty_like(part_m)
+    common = dict(G=group, S=block_size, SINK=sink_blocks, WINDOW=window_blocks, BLOCK_G=block_g)
+    _decode_scores_kernel[(num_seqs, num_kv_heads, num_score_splits)](
+        q, kmean, kmin, kmax, block_tables, seq_lens, scores, part_m, part_l,
+        q.stride(0), q.stride(1), kmean.stride(0), kmean.stride(1), block_tables.stride(0),
+        *scores.stride()[:3],
+        dense_below, head_dim, LOG2E / head_dim**0.5,
+        SCORE_SPLIT=score_split, NUM_SCORE_SPLITS=num_score_splits, BLOCK_N=min(64, score_split),
+        BLOCK_D=triton.next_power_of_2(head_dim), IS_BOUND=score == "bound", IS_FP32=q.dtype == torch.float32,
+        **common,
+    )  # fmt: skip
+    _decode_topk_kernel[(num_seqs, num_kv_heads, num_topk_splits)](
+        scores, part_m, part_l, seq_lens, keys, counters, pages,
+        *scores.stride()[:3], pages.stride(0), pages.stride(1),
         dense_below,
-        S=block_size, SINK=sink_blocks, WINDOW=window_blocks, TOPK=topk_blocks, NUM_PAGES=num_pages,
-        NUM_SPLITS=num_topk_splits, BLOCK_SPLITS=triton.next_power_of_2(max(num_topk_splits, 1)), BLOCK_K=block_k,
-        BLOCK_PAGES=triton.next_power_of_2(num_pages),
+        TOPK=topk_blocks, NUM_PAGES=num_pages, TOPK_SPLIT=topk_split, NUM_SCORE_SPLITS=num_score_splits,
+        NUM_TOPK_SPLITS=num_topk_splits, BLOCK_SCORE_SPLITS=triton.next_power_of_2(num_score_splits),
+        BLOCK_TOPK_SPLITS=triton.next_power_of_2(num_topk_splits), BLOCK_GP=triton.next_power_of_2(group),
+        BLOCK_K=block_k, BLOCK_PAGES=block_pages, num_warps=8 if topk_split >= 1024 else 4, **common,
     )  # fmt: skip
     return pages
 
@@ -389,22 +427,22 @@ def msa_decode_sparse(
     num_pages = pages.shape[2]
     pages_per_split, num_splits = decode_splits(num_seqs, num_kv_heads, num_pages, q.device)
     block_g = max(16, triton.next_power_of_2(group))  # rows of the dot: at least 16
+    block_gp = triton.next_power_of_2(group)
     block_d = triton.next_power_of_2(head_dim)
-    part_o = torch.empty(num_seqs, num_kv_heads, num_splits, block_g, block_d, dtype=torch.float32, device=q.device)
-    part_lse = torch.empty(num_seqs, num_kv_heads, num_splits, block_g, dtype=torch.float32, device=q.device)
+    part_o = torch.empty(num_seqs, num_kv_heads, num_splits, block_gp, block_d, dtype=torch.float32, device=q.device)
+    part_lse = torch.empty(num_seqs, num_kv_heads, num_splits, block_gp, dtype=torch.float32, device=q.device)
+    counters = torch.zeros(num_seqs * num_kv_heads, dtype=torch.int32, device=q.device)
     qr, tables, remap_from, window = remap_inputs(remap, q, block_size)
     _decode_attn_kernel[(num_seqs, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, block_tables, pages, seq_lens, part_o, part_lse, qr, *tables,
+        q, k_cache, v_cache, block_tables, pages, seq_lens, part_o, part_lse, counters, o, qr, *tables,
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
-        block_tables.stride(0), pages.stride(0), pages.stride(1), qr.stride(0), qr.stride(1),
+        block_tables.stride(0), pages.stride(0), pages.stride(1), o.stride(0), o.stride(1), qr.stride(0),
+        qr.stride(1),
         head_dim, LOG2E / head_dim**0.5, remap_from, dense_below,
         G=group, S=block_size, NUM_PAGES=num_pages, PAGES_PER_SPLIT=pages_per_split, NUM_SPLITS=num_splits,
-        BLOCK_G=block_g, BLOCK_PAGES=triton.next_power_of_2(num_pages), BLOCK_D=block_d,
+        BLOCK_G=block_g, BLOCK_GP=block_gp, BLOCK_PAGES=triton.next_power_of_2(num_pages), BLOCK_D=block_d,
+        BLOCK_C=max(1, min(triton.next_power_of_2(num_splits), _COMBINE_ELEMS // (block_gp * block_d))),
         IS_FP32=q.dtype == torch.float32, REMAP=remap is not None, WINDOW=window, num_warps=4, num_stages=2,
-    )  # fmt: skip
-    _decode_combine_kernel[(num_seqs, num_kv_heads)](
-        part_o, part_lse, o, o.stride(0), o.stride(1), head_dim,
-        G=group, NUM_SPLITS=num_splits, BLOCK_G=block_g, BLOCK_D=block_d,
     )  # fmt: skip
     return o
 

@@ -93,6 +93,19 @@ def test_decode_many_splits(monkeypatch):
     check_decode(batch, {**KNOBS, "topk_blocks": 0})
 
 
+@pytest.mark.parametrize("splits", ["one", "chunked"])
+def test_decode_attention_splits(monkeypatch, splits):
+    # one split per (sequence, KV head) writes o directly; many splits combined a few partials per load
+    from m3.kernels import msa_decode
+
+    if splits == "one":
+        monkeypatch.setattr(msa_decode, "decode_splits", lambda b, h, num_pages, device: (num_pages, 1))
+    else:
+        monkeypatch.setattr(msa_decode, "_COMBINE_ELEMS", 2 * 4 * 32)  # BLOCK_C = 2
+    batch = make_batch(DECODE_SPECS + [(700, 1)], num_kv_heads=2, group=3, head_dim=32, block_size=16, decode=True)
+    check_decode(batch, KNOBS)
+
+
 REMAP_CASES = [  # (G, dtype, window_blocks, dense_below, from_block): all rows remapped, or only later blocks
     (1, F32, 2, 40, 0), (3, BF16, 1, 40, 0), (4, F16, 1, 40, 2), (8, BF16, 2, 0, 5),
 ]  # fmt: skip
