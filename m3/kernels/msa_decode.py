@@ -260,7 +260,9 @@ def _decode_attn_kernel(
     lse = tl.where(has, m_i + tl.math.log2(tl.where(has, l_i, 1.0)), float("-inf"))
     o_base = OUT + b.to(tl.int64) * stride_ob + h * G * stride_oh
     if NUM_SPLITS == 1:
-        tl.store(o_base + g[:, None] * stride_oh + d[None, :], o.to(OUT.dtype.element_ty), mask=gm[:, None] & dm[None, :])
+        tl.store(
+            o_base + g[:, None] * stride_oh + d[None, :], o.to(OUT.dtype.element_ty), mask=gm[:, None] & dm[None, :]
+        )
     else:
         # -- partials of the G real rows; the last split of (b, h) to finish combines them --
         bh = b * tl.num_programs(1) + h
