@@ -5,8 +5,11 @@ GPU memory at long contexts, MSA vs dense. Everything here is end to end (all 28
 --positions remap times MSA with remapped positions (remote pages un-rotated in the kernels); dense always uses true
 positions. Speed does not depend on the weights. Dense at the longest contexts is fitted and extrapolated (labelled)
 when it would not fit the time budget.
+--decode-only 131072x1,1048576x1,... times decode steps (batch of x sequences at that context) over a KV cache of
+random keys and values, skipping the prefill, for MSA and dense alike: this is how dense decode at 512K/1M is measured
+(its prefill would take many minutes). Decode steps replay CUDA graphs unless --eager.
 Usage: python benchmarks/e2e_gpu.py --out results.json [--msa 131072,524288,1048576] [--dense 65536,131072]
-       [--positions true|remap]
+       [--positions true|remap] [--decode-only CONTEXTxBATCH,...] [--eager]
 """
 
 import argparse
@@ -23,7 +26,7 @@ from m3.config import Config  # noqa: E402
 from m3.engine.block_manager import BlockManager  # noqa: E402
 from m3.engine.model_runner import ModelRunner  # noqa: E402
 from m3.engine.scheduler import Scheduler  # noqa: E402
-from m3.engine.sequence import Sequence  # noqa: E402
+from m3.engine.sequence import Sequence, SequenceStatus  # noqa: E402
 from m3.models.args import ModelArgs  # noqa: E402
 from m3.models.llama import CausalLM  # noqa: E402
 from m3.sampling_params import SamplingParams  # noqa: E402
@@ -89,6 +92,92 @@ def run(runner: ModelRunner, context: int, decode_tokens: int) -> dict:
     }
 
 
+def run_decode_only(runner: ModelRunner, context: int, batch: int, decode_tokens: int) -> dict:
+    """Decode steps of `batch` sequences whose first `context` tokens sit in the cache (random K/V), no prefill."""
+    blocks = BlockManager(runner.num_blocks, runner.block_size)
+    sched = Scheduler(blocks, max_num_seqs=batch, max_num_batched_tokens=CHUNK)
+    g = torch.Generator().manual_seed(context)
+    seqs = []
+    for b in range(batch):
+        prompt = torch.randint(0, QWEN25_7B.vocab_size, (context,), generator=g).tolist()
+        seq = Sequence(f"bench{b}", 0, prompt, SamplingParams(temperature=0.0, max_tokens=decode_tokens + 4), None)
+        blocks.allocate(seq, context)
+        seq.num_computed_tokens = context - 1  # the last prompt token is the first decode input
+        seq.status = SequenceStatus.RUNNING
+        sched.running.append(seq)
+        seqs.append(seq)
+    torch.cuda.reset_peak_memory_stats()
+    step_times = []
+    for _ in range(decode_tokens + 2):  # the first two steps may capture a graph: not timed
+        batch_ = sched.schedule()
+        torch.cuda.synchronize()
+        ts = time.perf_counter()
+        results = runner.run(batch_)
+        for seq, n, r in zip(batch_.seqs, batch_.num_tokens, results):
+            seq.num_computed_tokens += n
+            seq.token_ids.append(r[0])
+        torch.cuda.synchronize()
+        step_times.append(time.perf_counter() - ts)
+    for seq in seqs:
+        sched.finish(seq)
+    steps = sorted(step_times[2:])
+    med = steps[len(steps) // 2]
+    return {
+        "context": context,
+        "batch": batch,
+        "decode_ms_per_step_median": round(1000 * med, 2),
+        "decode_ms_per_step_min": round(1000 * steps[0], 2),
+        "decode_ms_per_step_max": round(1000 * steps[-1], 2),
+        "decode_tok_s": round(batch / med, 1),
+        "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+    }
+
+
+def random_cache(runner: ModelRunner):
+    """Random keys/values in every page and their true summaries (speed does not depend on the values)."""
+    from m3.kernels.kv_cache import summarize_blocks
+
+    ids = torch.arange(runner.num_blocks, device="cuda")
+    for attn in runner.model.attention_layers():
+        c = attn.cache
+        c.k.normal_()
+        c.v.normal_()
+        summarize_blocks(c.k, ids, c.kmean, c.kmin, c.kmax)
+        if c.raw_kmean is not None:  # raw (un-rotated) summaries: timing only, so the rotated ones stand in
+            c.raw_kmean.copy_(c.kmean), c.raw_kmin.copy_(c.kmin), c.raw_kmax.copy_(c.kmax)
+
+
+def decode_only(args, weights, record):
+    cases = [tuple(int(v) for v in x.split("x")) for x in args.decode_only.split(",") if x]
+    longest = max(n * b for n, b in cases)
+    rows = record.setdefault("decode_only", {"msa": [], "dense": []})
+    record["decode_only_note"] = "decode steps over a random KV cache, prefill skipped; end to end otherwise"
+    for attention in ("msa", "dense"):
+        config = Config(
+            device="cuda",
+            dtype="bfloat16",
+            attention=attention,
+            positions=args.positions if attention == "msa" else "true",
+            max_num_batched_tokens=CHUNK,
+            max_num_seqs=max(b for _, b in cases),
+            num_kv_blocks=longest // 64 + 64 * max(b for _, b in cases),
+            cuda_graphs=not args.eager,
+        )
+        runner = ModelRunner(config, QWEN25_7B, weights, max(n for n, _ in cases) + 64)
+        random_cache(runner)
+        for n, b in cases:
+            rows[attention].append(run_decode_only(runner, n, b, args.decode_tokens))
+            print(attention, "decode-only", rows[attention][-1], flush=True)
+            write_record("e2e_gpu", record, args.out)
+        del runner
+        torch.cuda.empty_cache()
+    for r in rows["msa"]:
+        match = [x for x in rows["dense"] if (x["context"], x["batch"]) == (r["context"], r["batch"])]
+        if match:
+            r["decode_speedup_vs_dense"] = round(r["decode_tok_s"] / match[0]["decode_tok_s"], 1)
+    write_record("e2e_gpu", record, args.out)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--msa", default="131072,524288,1048576")
@@ -96,8 +185,10 @@ def main():
     ap.add_argument("--decode-tokens", type=int, default=16)
     ap.add_argument("--out", default=None)
     ap.add_argument("--positions", default="true", choices=["true", "remap"], help="MSA's positions (msa.md)")
+    ap.add_argument("--decode-only", default="", help="CONTEXTxBATCH,...: decode over a random cache, no prefill")
+    ap.add_argument("--eager", action="store_true", help="no CUDA graphs for decode steps")
     args = ap.parse_args()
-    longest = max(int(x) for x in (args.msa + "," + args.dense).split(",") if x)
+    longest = max([int(x) for x in (args.msa + "," + args.dense).split(",") if x] or [0])
     weights = random_weights(QWEN25_7B)
     rows = {"msa": [], "dense": []}
     record = {
@@ -105,10 +196,13 @@ def main():
         "chunk_tokens": CHUNK,
         "batch": 1,
         "positions": args.positions,
+        "cuda_graphs": not args.eager,
         "rows": rows,
     }
+    if args.decode_only:
+        decode_only(args, weights, record)
     for attention, lengths in (("msa", args.msa), ("dense", args.dense)):
-        if not lengths:
+        if not lengths or not longest:
             continue
         config = Config(
             device="cuda",
@@ -117,6 +211,7 @@ def main():
             positions=args.positions if attention == "msa" else "true",
             max_num_batched_tokens=CHUNK,
             num_kv_blocks=longest // 64 + 64,
+            cuda_graphs=not args.eager,
         )
         runner = ModelRunner(config, QWEN25_7B, weights, longest + 64)
         record[f"{attention}_knobs"] = {

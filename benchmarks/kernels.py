@@ -42,10 +42,13 @@ PREFILL_CONFIGS = [  # sparse attention tiles tried at 128K; the fastest is used
     dict(BLOCK_M=256, PAGES=1, num_warps=16, num_stages=2),  # one tile per query block at G=4: pages loaded once
     dict(BLOCK_M=256, PAGES=2, num_warps=16, num_stages=2),
     dict(BLOCK_M=128, PAGES=2, num_warps=8, num_stages=1),
+    dict(BLOCK_M=256, PAGES=1, num_warps=8, num_stages=2),
+    dict(BLOCK_M=256, PAGES=1, num_warps=16, num_stages=3),
+    dict(BLOCK_M=256, PAGES=1, num_warps=8, num_stages=3),
 ]
 SELECT_CONFIGS = [  # 8 warps; MERGE_AT=0: always sort (the first version)
     dict(BLOCK_Q=32), dict(BLOCK_Q=16), dict(BLOCK_Q=8), dict(BLOCK_Q=32, BLOCK_N=128), dict(BLOCK_Q=32, MERGE_AT=0),
-    dict(BLOCK_Q=16, MERGE_AT=16),
+    dict(BLOCK_Q=16, MERGE_AT=16), dict(BLOCK_Q=64), dict(BLOCK_Q=32, BLOCK_N=32), dict(BLOCK_Q=32, num_warps=4),
 ]  # fmt: skip
 
 

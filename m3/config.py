@@ -33,6 +33,7 @@ class Config:
     score: str = _f("bound", "block score: bound (Quest-style min/max bound) | mean (mean key)")
     positions: str = _f("auto", "true | remap | auto (remap only past the model's trained length)")
     # -- misc --
+    cuda_graphs: bool = _f(True, "replay decode steps as CUDA graphs (CUDA only; off = eager, for debugging)")
     sampling_seed: int | None = _f(None, "seed for requests that bring none; default: fresh randomness each run")
 
     def __post_init__(self):

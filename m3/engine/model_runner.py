@@ -1,11 +1,17 @@
 """ModelRunner: owns the model weights and the paged KV cache; turns a scheduled batch into one forward pass
-and one sampled token per sequence that finished computing its tokens this step."""
+and one sampled token per sequence that finished computing its tokens this step.
+
+On CUDA, decode steps (one query token per sequence) replay CUDA graphs: one per padded batch size (and remap
+choice), captured on first use. Per step the host copies four small rows (token, position, slot, length) and the
+block-table rows that changed into static device buffers, replays the whole model, then summarises any KV block the
+step filled (its summary is first read by a later step: a filled block is the current block, never scored).
+"""
 
 import torch
 
 from m3.config import Config
 from m3.engine.scheduler import ScheduledBatch
-from m3.layers.attention import AttentionMetadata, LayerCache, MSAParams
+from m3.layers.attention import AttentionMetadata, FilledBlocks, LayerCache, MSAParams
 from m3.layers.sampler import Sampler
 from m3.models.args import ModelArgs
 from m3.models.llama import CausalLM
@@ -21,6 +27,9 @@ def resolve_device_dtype(config: Config) -> tuple[torch.device, torch.dtype]:
     if dtype == "auto":
         dtype = "bfloat16" if device == "cuda" else "float32"
     return torch.device(device), getattr(torch, dtype)
+
+
+GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
 class ModelRunner:
@@ -71,6 +80,12 @@ class ModelRunner:
                 f"max_model_len={max_model_len}; raise kv_cache_gb / num_kv_blocks or lower max_model_len"
             )
         self._allocate_cache()
+        self.use_graphs = self.device.type == "cuda" and config.cuda_graphs
+        self.max_model_len = max_model_len
+        self._graph_sizes = [b for b in GRAPH_BATCH_SIZES if b < config.max_num_seqs] + [config.max_num_seqs]
+        self._graphs: dict[tuple[int, int | None], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._static: dict[str, torch.Tensor] | None = None
+        self._slot_tables: list[list[int] | None] = []
 
     def _bytes_per_block(self) -> int:
         a = self.args
@@ -131,8 +146,7 @@ class ModelRunner:
             num_prompt_tokens=[s.num_prompt_tokens for s in batch.seqs],
             seq_lens=seq_lens,
             block_tables=t(tables, torch.int32),
-            filled_blocks=t(filled),
-            filled_block_starts=t(filled_starts),
+            filled=FilledBlocks(t(filled), t(filled_starts)),
             q_start_t=t(q_start, torch.int32),
             seq_lens_t=t(seq_lens, torch.int32),
         )
@@ -141,8 +155,11 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> list[tuple[int, dict | None] | None]:
         """One forward pass; per sequence the (token, logprobs) sampled, or None while its prefill continues."""
-        input_ids, meta, sample_rows = self.prepare(batch)
-        hidden = self.model(input_ids, meta.positions, meta)
+        if self.use_graphs and all(n == 1 for n in batch.num_tokens) and len(batch) <= self._graph_sizes[-1]:
+            hidden, sample_rows = self._replay_decode(batch), list(range(len(batch)))
+        else:
+            input_ids, meta, sample_rows = self.prepare(batch)
+            hidden = self.model(input_ids, meta.positions, meta)
         sampling = [seq for seq, n in zip(batch.seqs, batch.num_tokens) if seq.num_computed_tokens + n == len(seq)]
         if not sampling:
             return [None] * len(batch)
@@ -158,7 +175,94 @@ class ModelRunner:
         by_seq = {s.seq_id: (tok, lp) for s, tok, lp in zip(sampling, tokens, logprobs)}
         return [by_seq.get(s.seq_id) for s in batch.seqs]
 
+    # -- CUDA graphs for decode steps --
+    def _replay_decode(self, batch: ScheduledBatch) -> torch.Tensor:
+        """Hidden states (B, hidden) of a decode step, through the captured graph of its padded batch size."""
+        n, bs = len(batch), self.block_size
+        size = next(b for b in self._graph_sizes if b >= n)
+        st = self._static_buffers()
+        width = self._graph_sizes[-1]
+        rows = [[0] * width, [0] * width, [-1] * width, [0] * width]  # token, position, slot, length (0 = padding)
+        filled, filled_starts = [], []
+        for i, seq in enumerate(batch.seqs):
+            p = seq.num_computed_tokens
+            slot = seq.block_table[p // bs] * bs + p % bs
+            rows[0][i], rows[1][i], rows[2][i], rows[3][i] = seq.token_ids[p], p, slot, p + 1
+            if (p + 1) % bs == 0:
+                filled.append(seq.block_table[p // bs])
+                filled_starts.append(p + 1 - bs)
+            if self._slot_tables[i] != seq.block_table:  # a new sequence in this slot, or its table grew
+                table = torch.tensor(seq.block_table, dtype=torch.int32)
+                st["tables"][i, : len(seq.block_table)].copy_(table, non_blocking=False)
+                self._slot_tables[i] = list(seq.block_table)
+        st["host"].copy_(torch.tensor(rows, dtype=torch.long))
+        st["inputs"].copy_(st["host"], non_blocking=True)  # rows stay contiguous: the kernels read them flat
+        # -- which query blocks remap positions: the same choice as an eager step, fixed per graph --
+        lens = rows[3][:n]
+        remap_from = self.model.attention_layers()[0]._remap_from(_LengthsOnly([x - 1 for x in lens], lens))
+        key = (size, remap_from)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(size, remap_from)
+        graph, hidden = self._graphs[key]
+        graph.replay()
+        blocks = FilledBlocks(*(torch.tensor(x, dtype=torch.long, device=self.device) for x in (filled, filled_starts)))
+        for attn in self.model.attention_layers():
+            attn.summarize(blocks)
+            attn.record_share(lens)
+        return hidden[:n]
+
+    def _static_buffers(self) -> dict[str, torch.Tensor]:
+        if self._static is None:
+            size = self._graph_sizes[-1]
+            max_blocks = -(-self.max_model_len // self.block_size)
+            self._static = dict(
+                host=torch.zeros(4, size, dtype=torch.long).pin_memory(),
+                inputs=torch.zeros(4, size, dtype=torch.long, device=self.device),
+                tables=torch.zeros(size, max_blocks, dtype=torch.int32, device=self.device),
+                cu=torch.arange(size + 1, dtype=torch.int32, device=self.device),
+            )
+            self._slot_tables = [None] * size
+            self._pool = torch.cuda.graph_pool_handle()
+        return self._static
+
+    def _graph_forward(self, size: int, remap_from: int | None) -> torch.Tensor:
+        st = self._static
+        ids, positions, slots, lens = st["inputs"][:, :size]
+        seq_lens_t = lens.int()
+        meta = AttentionMetadata(
+            positions=positions,
+            slot_mapping=slots,
+            cu_seqlens_q=st["cu"][: size + 1],
+            q_start=[0] * size,
+            num_prompt_tokens=[0] * size,
+            seq_lens=[1] * size,
+            block_tables=st["tables"][:size],
+            filled=FilledBlocks(*(torch.zeros(0, dtype=torch.long, device=self.device),) * 2),
+            q_start_t=seq_lens_t - 1,
+            seq_lens_t=seq_lens_t,
+            graph=True,
+            remap_from=remap_from,
+        )
+        return self.model(ids, positions, meta)
+
+    def _capture(self, size: int, remap_from: int | None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        # warm up eagerly (Triton compiles, lazily built tables grow) on this step's real inputs: it writes the same
+        # K/V the replay writes again
+        self._graph_forward(size, remap_from)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            hidden = self._graph_forward(size, remap_from)
+        return graph, hidden
+
     def selected_share(self) -> float | None:
         """Mean share of cached blocks that MSA layers read in their last sparse step (None if none ran)."""
         shares = [a.last_selected_share for a in self.model.attention_layers() if a.last_selected_share is not None]
         return sum(shares) / len(shares) if shares else None
+
+
+class _LengthsOnly:
+    """The two fields of AttentionMetadata that PagedAttention._remap_from reads."""
+
+    def __init__(self, q_start: list[int], seq_lens: list[int]):
+        self.q_start, self.seq_lens = q_start, seq_lens

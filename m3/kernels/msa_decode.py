@@ -19,7 +19,7 @@ import triton.language as tl
 
 from m3.kernels.msa_prefill import remote_scores
 from m3.kernels.msa_select import LOG2E, _check_summaries, _dot, _low_ids, _pack_keys, _summary_logits
-from m3.kernels.paged_ref import num_decode_pages
+from m3.kernels.paged_ref import num_decode_pages, num_selected
 from m3.kernels.remap import Remap, remap_inputs, select_remapped
 
 _SCORE_SPLIT = 256  # candidate blocks scored per program (the summary read is the decode floor: spread it wide)
@@ -94,28 +94,33 @@ def _is_last(CNT, idx, n):
 def _store_pages(
     top, seq_len, row, dense_below,
     S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, TOPK: tl.constexpr, NUM_PAGES: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_PAGES: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_SEL: tl.constexpr,
 ):  # fmt: skip
     """Write one page list: sinks, the chosen blocks (keys `top`, best first, -1 = none) ascending, window, current
     block; every block up to the current one for a dense sequence; -1 for padding rows and past the end."""
     is_active = seq_len > 0
-    is_dense = seq_len - 1 < dense_below
+    is_msa = is_active & (seq_len - 1 >= dense_below)
     i = tl.maximum(seq_len - 1, 0) // S
+    # -- dense rows, padding rows and the tail of MSA rows, 1024 entries at a time (a dense list can be long) --
+    for p0 in range(0, NUM_PAGES, 1024):
+        pos = p0 + tl.arange(0, 1024)
+        fill = tl.where(is_active & (pos <= i), pos, -1)
+        tl.store(row + pos, fill, mask=(pos < NUM_PAGES) & tl.where(is_msa, pos >= BLOCK_SEL, pos >= 0))
+    # -- MSA rows: the first BLOCK_SEL entries --
     kk = tl.arange(0, BLOCK_K)
-    chosen = (kk < TOPK) & (top >= 0) & is_active & ~is_dense
+    chosen = (kk < TOPK) & (top >= 0) & is_msa
     ids = tl.sort(tl.where(chosen, _low_ids(top), 2147483647))
     n_ch = tl.sum(chosen.to(tl.int32), axis=0)
     n_sink = tl.minimum(i, SINK)
     w_lo = tl.maximum(i - WINDOW, SINK)
     n_win = tl.maximum(i - w_lo, 0)
     a = n_sink + n_ch
-    pos = tl.arange(0, BLOCK_PAGES)
+    pos = tl.arange(0, BLOCK_SEL)
     msa = tl.where(pos < n_sink, pos, tl.where(pos < a + n_win, w_lo + pos - a, tl.where(pos == a + n_win, i, -1)))
-    pages = tl.where(is_dense, tl.where(pos <= i, pos, -1), msa)
-    pages = tl.where(is_active, pages, -1)
     in_chosen = (pos >= n_sink) & (pos < a)
-    tl.store(row + pos, pages, mask=(pos < NUM_PAGES) & ~in_chosen)
-    tl.store(row + n_sink + kk, ids, mask=kk < n_ch)
+    # NOTE: tl.where, not `scalar & vector`: the interpreter rejects masks broadcast from a scalar
+    tl.store(row + pos, msa, mask=tl.where(is_msa, (pos < NUM_PAGES) & ~in_chosen, False))
+    tl.store(row + n_sink + kk, ids, mask=tl.where(is_msa, kk < n_ch, False))
 
 
 @triton.jit
@@ -126,7 +131,7 @@ def _decode_topk_kernel(
     G: tl.constexpr, S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, TOPK: tl.constexpr,
     NUM_PAGES: tl.constexpr, TOPK_SPLIT: tl.constexpr, NUM_SCORE_SPLITS: tl.constexpr,
     NUM_TOPK_SPLITS: tl.constexpr, BLOCK_SCORE_SPLITS: tl.constexpr, BLOCK_TOPK_SPLITS: tl.constexpr,
-    BLOCK_G: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_PAGES: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_SEL: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -157,7 +162,7 @@ def _decode_topk_kernel(
     p = tl.where(valid, tl.math.exp2(s - lse[:, None]), 0.0)
     top = tl.topk(_pack_keys(tl.sum(p, axis=0), jj, jm), BLOCK_K)  # best first
     row = PAGES + b.to(tl.int64) * stride_pb + h * stride_ph
-    pargs = (S, SINK, WINDOW, TOPK, NUM_PAGES, BLOCK_K, BLOCK_PAGES)
+    pargs = (S, SINK, WINDOW, TOPK, NUM_PAGES, BLOCK_K, BLOCK_SEL)
     if NUM_TOPK_SPLITS == 1:
         _store_pages(top, seq_len, row, dense_below, *pargs)
     else:
@@ -177,14 +182,14 @@ def _decode_pages_kernel(
     SEQ_LENS, PAGES,
     stride_pb, stride_ph,
     dense_below,
-    S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, NUM_PAGES: tl.constexpr, BLOCK_PAGES: tl.constexpr,
+    S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, NUM_PAGES: tl.constexpr, BLOCK_SEL: tl.constexpr,
 ):  # fmt: skip
     """Page lists without chosen blocks (topk_blocks == 0)."""
     b = tl.program_id(0)
     h = tl.program_id(1)
     row = PAGES + b.to(tl.int64) * stride_pb + h * stride_ph
     none = tl.full([16], -1, tl.int64)
-    _store_pages(none, tl.load(SEQ_LENS + b), row, dense_below, S, SINK, WINDOW, 0, NUM_PAGES, 16, BLOCK_PAGES)
+    _store_pages(none, tl.load(SEQ_LENS + b), row, dense_below, S, SINK, WINDOW, 0, NUM_PAGES, 16, BLOCK_SEL)
 
 
 @triton.jit
@@ -194,7 +199,7 @@ def _decode_attn_kernel(
     stride_bt, stride_pb, stride_ph, stride_ob, stride_oh, stride_rb, stride_rh,
     head_dim, qk_scale, remap_from, dense_below,
     G: tl.constexpr, S: tl.constexpr, NUM_PAGES: tl.constexpr, PAGES_PER_SPLIT: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_PAGES: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_GP: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, IS_FP32: tl.constexpr, REMAP: tl.constexpr, WINDOW: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
@@ -202,10 +207,8 @@ def _decode_attn_kernel(
     c = tl.program_id(2)
     seq_len = tl.load(SEQ_LENS + b)
     row = PAGES + b.to(tl.int64) * stride_pb + h * stride_ph
-    pv = tl.load(row + tl.arange(0, BLOCK_PAGES), mask=tl.arange(0, BLOCK_PAGES) < NUM_PAGES, other=-1)
-    num_pages = tl.sum((pv >= 0).to(tl.int32), axis=0)
     start = c * PAGES_PER_SPLIT
-    stop = tl.minimum(start + PAGES_PER_SPLIT, num_pages)
+    stop = tl.minimum(start + PAGES_PER_SPLIT, NUM_PAGES)
     g = tl.arange(0, BLOCK_G)
     gm = g < G
     d = tl.arange(0, BLOCK_D)
@@ -229,16 +232,16 @@ def _decode_attn_kernel(
         qr2 = tl.load(qr_ptr + HALF, mask=gm[:, None], other=0.0)
         is_remap = (i >= remap_from) & (seq_len - 1 >= dense_below)  # a dense row keeps true positions
     for it in range(start, stop):
-        j = tl.load(row + it)
-        phys = tl.load(bt_row + j).to(tl.int64)
+        j = tl.load(row + it)  # -1 past the end of the list (lists are packed)
+        phys = tl.load(bt_row + tl.maximum(j, 0)).to(tl.int64)
         # NOTE: the current page is partial: keys past seq_len are unwritten (possibly NaN), so zero them
-        kv_ok = j * S + s_idx < seq_len
+        kv_ok = tl.where(j >= 0, j * S + s_idx < seq_len, False)
         mask = kv_ok[:, None] & dm[None, :]
         k_ptrs = K_CACHE + phys * stride_kb + s_idx[:, None] * stride_ks + h * stride_kh
         v = tl.load(V_CACHE + phys * stride_vb + s_idx[:, None] * stride_vs + h * stride_vh + d[None, :], mask=mask,
                     other=0.0)  # fmt: skip
         if REMAP:
-            if is_remap & (j < i - WINDOW):
+            if is_remap & (j >= 0) & (j < i - WINDOW):
                 # a remote page (full): remapped query against keys with RoPE undone
                 s = remote_scores(qr1, qr2, k_ptrs + e[None, :], j, s_idx, PCOS, PSIN, OCOS, OSIN, HALF,
                                   IS_FP32) * qk_scale  # fmt: skip
@@ -360,11 +363,11 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
     score_split, topk_split = _SCORE_SPLIT, max(_TOPK_SPLIT, block_k)
     num_score_splits = triton.cdiv(num_cand, score_split)
     num_topk_splits = triton.cdiv(num_cand, topk_split)
-    block_pages = triton.next_power_of_2(num_pages)
+    block_sel = triton.next_power_of_2(num_selected(sink_blocks, window_blocks, topk_blocks))
     if topk_blocks == 0:
         _decode_pages_kernel[(num_seqs, num_kv_heads)](
             seq_lens, pages, pages.stride(0), pages.stride(1), dense_below,
-            S=block_size, SINK=sink_blocks, WINDOW=window_blocks, NUM_PAGES=num_pages, BLOCK_PAGES=block_pages,
+            S=block_size, SINK=sink_blocks, WINDOW=window_blocks, NUM_PAGES=num_pages, BLOCK_SEL=block_sel,
         )  # fmt: skip
         return pages
     keys = torch.empty(num_seqs, num_kv_heads, num_topk_splits, block_k, dtype=torch.int64, device=q.device)
@@ -389,7 +392,7 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
         TOPK=topk_blocks, NUM_PAGES=num_pages, TOPK_SPLIT=topk_split, NUM_SCORE_SPLITS=num_score_splits,
         NUM_TOPK_SPLITS=num_topk_splits, BLOCK_SCORE_SPLITS=triton.next_power_of_2(num_score_splits),
         BLOCK_TOPK_SPLITS=triton.next_power_of_2(num_topk_splits), BLOCK_GP=triton.next_power_of_2(group),
-        BLOCK_K=block_k, BLOCK_PAGES=block_pages, num_warps=8 if topk_split >= 1024 else 4, **common,
+        BLOCK_K=block_k, BLOCK_SEL=block_sel, num_warps=8 if topk_split >= 1024 else 4, **common,
     )  # fmt: skip
     return pages
 
@@ -442,7 +445,7 @@ def msa_decode_sparse(
         qr.stride(1),
         head_dim, LOG2E / head_dim**0.5, remap_from, dense_below,
         G=group, S=block_size, NUM_PAGES=num_pages, PAGES_PER_SPLIT=pages_per_split, NUM_SPLITS=num_splits,
-        BLOCK_G=block_g, BLOCK_GP=block_gp, BLOCK_PAGES=triton.next_power_of_2(num_pages), BLOCK_D=block_d,
+        BLOCK_G=block_g, BLOCK_GP=block_gp, BLOCK_D=block_d,
         BLOCK_C=max(1, min(triton.next_power_of_2(num_splits), _COMBINE_ELEMS // (block_gp * block_d))),
         IS_FP32=q.dtype == torch.float32, REMAP=remap is not None, WINDOW=window, num_warps=4, num_stages=2,
     )  # fmt: skip

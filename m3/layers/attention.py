@@ -16,6 +16,15 @@ from m3.kernels.remap import Remap
 
 
 @dataclass
+class FilledBlocks:
+    """KV blocks whose last slot is written in a step: their summaries are computed once the keys are stored."""
+
+    blocks: torch.Tensor  # (M,) physical blocks
+    starts: torch.Tensor  # (M,) absolute position of each block's first token
+    cos_sin: tuple | None = None  # RoPE of their keys (M, S, D): computed by the first layer that needs it, shared
+
+
+@dataclass
 class AttentionMetadata:
     """What one step's attention needs to know about its batch (B sequences, T query tokens)."""
 
@@ -26,11 +35,13 @@ class AttentionMetadata:
     num_prompt_tokens: list[int]  # per sequence: generated tokens after these form one-token query blocks
     seq_lens: list[int]  # per sequence: tokens cached after this step
     block_tables: torch.Tensor  # (B, max_blocks) physical block of each logical block, -1 padded
-    filled_blocks: torch.Tensor  # (M,) physical blocks that became full this step
-    filled_block_starts: torch.Tensor  # (M,) absolute position of the first token of each filled block
+    filled: FilledBlocks  # blocks that became full this step (empty in a CUDA-graph step: the runner summarises)
     q_start_t: torch.Tensor | None = None  # (B,) int32 copies on the device, for the fast kernels
     seq_lens_t: torch.Tensor | None = None
-    filled_cos_sin: tuple | None = None  # RoPE of the filled blocks' keys (M, S, D): set by the first layer, shared
+    # a CUDA-graph decode step (model_runner.py): host-side choices must hold for every replay, so they come from
+    # here instead of from this step's lengths
+    graph: bool = False
+    remap_from: int | None = None  # with graph: first query block that remaps positions, None = none
 
 
 @dataclass
@@ -113,7 +124,7 @@ class PagedAttention(torch.nn.Module):
             return self._forward_kernels(q, q_raw, k, v, meta)
         cache = self.cache
         store_kv_ref(k, v, cache.k, cache.v, meta.slot_mapping)
-        self._summarize(meta)
+        self.summarize(meta.filled)
         out = torch.empty_like(q)
         decode_dense = [b for b in range(len(meta.q_start)) if self._all_dense(meta, b) and self._is_decode(meta, b)]
         if decode_dense:
@@ -129,12 +140,9 @@ class PagedAttention(torch.nn.Module):
         """The Triton path (docs/kernels.md): batched over sequences, no per-sequence Python."""
         ops, cache, p = _kernels(), self.cache, self.msa
         ops.store_kv(k, v, cache.k, cache.v, meta.slot_mapping)
-        if meta.filled_blocks.numel():
-            ops.summarize_blocks(cache.k, meta.filled_blocks, cache.kmean, cache.kmin, cache.kmax)
-            if cache.raw_kmean is not None:
-                self._summarize_raw(meta)
+        self.summarize(meta.filled)
         # a dense layer is MSA with every query below dense_below: the kernels then walk every earlier block
-        dense_below = p.dense_below if p.use_msa else max(meta.seq_lens) + 1
+        dense_below = p.dense_below if p.use_msa else (1 << 30 if meta.graph else max(meta.seq_lens) + 1)
         knobs = dict(
             block_size=p.block_size,
             sink_blocks=p.sink_blocks,
@@ -164,14 +172,18 @@ class PagedAttention(torch.nn.Module):
                 meta.seq_lens_t,
                 **knobs,
             )
-        self._record_share(meta, dense_below)
+        if not meta.graph:
+            self.record_share(meta.seq_lens)
         return out
 
-    def _record_share(self, meta: AttentionMetadata, dense_below: int):
-        # every sparse selection holds min(K, blocks so far): the share follows from the lengths alone
+    def record_share(self, seq_lens: list[int]):
+        """last_selected_share of a kernel step: every sparse selection holds min(K, blocks so far), so the share
+        follows from the lengths alone."""
         bs, p = self.msa.block_size, self.msa
+        if not p.use_msa:
+            return
         width = p.sink_blocks + p.window_blocks + 1 + p.topk_blocks
-        shares = [min(width, -(-n // bs)) / -(-n // bs) for n in meta.seq_lens if n > dense_below]
+        shares = [min(width, -(-n // bs)) / -(-n // bs) for n in seq_lens if n > p.dense_below]
         if shares:
             self.last_selected_share = sum(shares) / len(shares)
 
@@ -190,7 +202,7 @@ class PagedAttention(torch.nn.Module):
 
     def _remap_inputs(self, q_raw: torch.Tensor, meta: AttentionMetadata) -> Remap | None:
         """Remap inputs of the kernels (m3/kernels/remap.py) for this step, or None."""
-        from_block = self._remap_from(meta)
+        from_block = meta.remap_from if meta.graph else self._remap_from(meta)
         if from_block is None:
             return None
         p, cache = self.msa, self.cache
@@ -202,23 +214,21 @@ class PagedAttention(torch.nn.Module):
         raw_max = cache.raw_kmax if p.score == "bound" else None
         return Remap(q_remote, cache.raw_kmean, raw_min, raw_max, *tables, p.window_blocks, from_block)
 
-    # -- helpers --
-    def _summarize(self, meta: AttentionMetadata):
-        cache = self.cache
-        if meta.filled_blocks.numel() == 0:
-            return
-        summarize_blocks_ref(cache.k, meta.filled_blocks, cache.kmean, cache.kmin, cache.kmax)
-        if cache.raw_kmean is not None:
-            self._summarize_raw(meta)
-
-    def _summarize_raw(self, meta: AttentionMetadata):
+    def summarize(self, filled: FilledBlocks):
+        """Key summaries of the blocks filled this step (with raw ones when remap may be used)."""
         cache, bs = self.cache, self.msa.block_size
-        if meta.filled_cos_sin is None:  # the same angles for every layer of the step
-            pos = meta.filled_block_starts[:, None] + torch.arange(bs, device=cache.k.device)  # (M, S)
-            meta.filled_cos_sin = self.rotary.cos_sin(pos)
-        summarize_blocks_ref(
-            cache.k, meta.filled_blocks, cache.raw_kmean, cache.raw_kmin, cache.raw_kmax, meta.filled_cos_sin
-        )
+        if filled.blocks.numel() == 0:
+            return
+        summarize = _kernels().summarize_blocks if use_kernels(cache.k) else summarize_blocks_ref
+        summarize(cache.k, filled.blocks, cache.kmean, cache.kmin, cache.kmax)
+        if cache.raw_kmean is None:
+            return
+        if filled.cos_sin is None:  # the same angles for every layer of the step
+            pos = filled.starts[:, None] + torch.arange(bs, device=cache.k.device)  # (M, S)
+            filled.cos_sin = self.rotary.cos_sin(pos)
+        summarize_blocks_ref(cache.k, filled.blocks, cache.raw_kmean, cache.raw_kmin, cache.raw_kmax, filled.cos_sin)
+
+    # -- helpers --
 
     def _all_dense(self, meta: AttentionMetadata, b: int) -> bool:
         return not self.msa.use_msa or meta.seq_lens[b] <= self.msa.dense_below
