@@ -85,6 +85,7 @@ class ModelRunner:
         self._graph_sizes = [b for b in GRAPH_BATCH_SIZES if b < config.max_num_seqs] + [config.max_num_seqs]
         self._graphs: dict[tuple[int, int | None], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._static: dict[str, torch.Tensor] | None = None
+        self._pool = None
         self._slot_tables: list[list[int] | None] = []
 
     def _bytes_per_block(self) -> int:
@@ -215,14 +216,14 @@ class ModelRunner:
         if self._static is None:
             size = self._graph_sizes[-1]
             max_blocks = -(-self.max_model_len // self.block_size)
+            host = torch.zeros(4, size, dtype=torch.long)
             self._static = dict(
-                host=torch.zeros(4, size, dtype=torch.long).pin_memory(),
+                host=host.pin_memory() if self.device.type == "cuda" else host,
                 inputs=torch.zeros(4, size, dtype=torch.long, device=self.device),
                 tables=torch.zeros(size, max_blocks, dtype=torch.int32, device=self.device),
                 cu=torch.arange(size + 1, dtype=torch.int32, device=self.device),
             )
             self._slot_tables = [None] * size
-            self._pool = torch.cuda.graph_pool_handle()
         return self._static
 
     def _graph_forward(self, size: int, remap_from: int | None) -> torch.Tensor:
@@ -250,6 +251,8 @@ class ModelRunner:
         # K/V the replay writes again
         self._graph_forward(size, remap_from)
         torch.cuda.synchronize()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()  # shared by every size: one graph runs at a time
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
             hidden = self._graph_forward(size, remap_from)
