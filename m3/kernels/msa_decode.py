@@ -162,9 +162,8 @@ def _decode_topk_kernel(
     p = tl.where(valid, tl.math.exp2(s - lse[:, None]), 0.0)
     top = tl.topk(_pack_keys(tl.sum(p, axis=0), jj, jm), BLOCK_K)  # best first
     row = PAGES + b.to(tl.int64) * stride_pb + h * stride_ph
-    pargs = (S, SINK, WINDOW, TOPK, NUM_PAGES, BLOCK_K, BLOCK_SEL)
     if NUM_TOPK_SPLITS == 1:
-        _store_pages(top, seq_len, row, dense_below, *pargs)
+        _store_pages(top, seq_len, row, dense_below, S, SINK, WINDOW, TOPK, NUM_PAGES, BLOCK_K, BLOCK_SEL)
     else:
         # -- the last split of (b, h) to finish merges every split's best into the page list --
         kk = tl.arange(0, BLOCK_K)
@@ -174,7 +173,7 @@ def _decode_topk_kernel(
             keys = tl.load(TK + (bh * NUM_TOPK_SPLITS + ct[:, None]) * BLOCK_K + kk[None, :],
                            mask=ct[:, None] < NUM_TOPK_SPLITS, other=-1, cache_modifier=".cg")  # fmt: skip
             top = tl.topk(tl.reshape(keys, [BLOCK_TOPK_SPLITS * BLOCK_K]), BLOCK_K)
-            _store_pages(top, seq_len, row, dense_below, *pargs)
+            _store_pages(top, seq_len, row, dense_below, S, SINK, WINDOW, TOPK, NUM_PAGES, BLOCK_K, BLOCK_SEL)
 
 
 @triton.jit

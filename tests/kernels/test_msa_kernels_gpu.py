@@ -76,6 +76,21 @@ def test_decode(group, dtype, head_dim, score):
     check_decode(batch, {**DEFAULTS, "score": score, "dense_below": 256})
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_decode_many_splits_last_program_merges(monkeypatch, seed):
+    # many score / top-k / attention splits per (sequence, KV head): the last program of each to finish merges the
+    # others' top-ks and combines their partials (cross-program visibility through the atomic counters)
+    from m3.kernels import msa_decode
+
+    monkeypatch.setattr(msa_decode, "_SCORE_SPLIT", 32)
+    monkeypatch.setattr(msa_decode, "_TOPK_SPLIT", 64)
+    monkeypatch.setattr(msa_decode, "_COMBINE_ELEMS", 2 * 4 * 128)
+    specs = DECODE_SPECS + [(30_000 + 977 * seed, 1), (9_000, 1)]
+    batch = make_batch(specs, num_kv_heads=2, group=4, head_dim=128, block_size=64, dtype=BF16, device="cuda",
+                       decode=True, seed=seed)  # fmt: skip
+    check_decode(batch, {**DEFAULTS, "dense_below": 256})
+
+
 def test_decode_cuda_graph():
     from m3.kernels.msa_decode import msa_decode_attention
 
