@@ -518,10 +518,11 @@ def decode_tune_section(run: Run, n: int, batch: int):
     q = torch.randn(batch, H, D, dtype=bf, device=dev)
     args = (q, k_cache, k_cache, *sums, tables, lens)
     flush = l2_flusher()
-    saved = msa_decode._SCORE_SPLIT, msa_decode._TOPK_SPLIT
+    saved = msa_decode._SCORE_SPLIT, msa_decode._TOPK_SPLIT, msa_decode._SCORE_BLOCK_N
     rows = []
-    for score_split, topk_split in ((128, 1024), (256, 512), (256, 1024), (256, 2048), (512, 1024), (512, 2048)):
-        msa_decode._SCORE_SPLIT, msa_decode._TOPK_SPLIT = score_split, topk_split
+    variants = ((256, 1024, 64), (256, 1024, 128), (128, 1024, 64), (128, 512, 32), (256, 512, 64), (512, 1024, 128))
+    for score_split, topk_split, block_n in variants:
+        msa_decode._SCORE_SPLIT, msa_decode._TOPK_SPLIT, msa_decode._SCORE_BLOCK_N = score_split, topk_split, block_n
         try:
             msa_decode.msa_decode_attention(*args, **KNOBS)
             torch.cuda.synchronize()
@@ -529,12 +530,13 @@ def decode_tune_section(run: Run, n: int, batch: int):
             with torch.cuda.graph(graph):
                 msa_decode.msa_decode_attention(*args, **KNOBS)
             r = timeit(graph.replay, reps=20, warmup=3, flush=flush)
-            rows.append(dict(score_split=score_split, topk_split=topk_split, median_us=r["median_ms"] * 1e3))
+            rows.append(dict(score_split=score_split, topk_split=topk_split, block_n=block_n,
+                             median_us=r["median_ms"] * 1e3))  # fmt: skip
             del graph
         except Exception as e:  # noqa: BLE001
             rows.append(dict(score_split=score_split, topk_split=topk_split, error=f"{type(e).__name__}: {e}"[:300]))
         print(f"   decode tune {n // 1024}K x{batch}: {rows[-1]}", flush=True)
-    msa_decode._SCORE_SPLIT, msa_decode._TOPK_SPLIT = saved
+    msa_decode._SCORE_SPLIT, msa_decode._TOPK_SPLIT, msa_decode._SCORE_BLOCK_N = saved
     run.data.setdefault("decode_tune", {})[f"{n}x{batch}"] = rows
 
 

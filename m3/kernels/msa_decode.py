@@ -17,14 +17,25 @@ import torch
 import triton
 import triton.language as tl
 
-from m3.kernels.msa_prefill import remote_scores
 from m3.kernels.msa_select import LOG2E, _check_summaries, _dot, _low_ids, _pack_keys, _summary_logits
 from m3.kernels.paged_ref import num_decode_pages, num_selected
 from m3.kernels.remap import Remap, remap_inputs, select_remapped
 
 _SCORE_SPLIT = 256  # candidate blocks scored per program (the summary read is the decode floor: spread it wide)
 _TOPK_SPLIT = 1024  # candidate blocks per local top-k (fewer splits = a smaller final merge)
-_COMBINE_ELEMS = 4096  # split partials combined per load: BLOCK_C x G x D elements
+_COMBINE_ELEMS = 16384  # split partials combined per load: BLOCK_C x G x D elements
+_SCORE_BLOCK_N = 64  # candidate blocks per step of the scoring loop
+_KEEP: list[torch.Tensor] = []  # every counter buffer ever handed out (captured graphs keep their pointers)
+
+
+def _counters(device: torch.device, n: int) -> torch.Tensor:
+    """n zeroed int32 counters for the last-program-finishes pattern (_is_last). Every launch leaves them zero again,
+    so one buffer per device serves every launch and every CUDA graph, with no memset per step."""
+    buf = next((t for t in reversed(_KEEP) if t.device == device and t.numel() >= n), None)
+    if buf is None:
+        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+        _KEEP.append(buf)
+    return buf
 
 
 @triton.jit
@@ -192,12 +203,31 @@ def _decode_pages_kernel(
 
 
 @triton.jit
+def _remote_rows(qr1, qr2, k1_ptrs, j, s_r, PCOS, PSIN, OCOS, OSIN, HALF: tl.constexpr, IS_FP32: tl.constexpr):
+    """remote_scores (msa_prefill.py) for rows from several pages: row r is key s_r[r] of logical page j[r]; k1_ptrs
+    (R, HALF) point at the first halves of the rows' keys."""
+    e = tl.arange(0, HALF)
+    y1 = tl.load(k1_ptrs).to(tl.float32)
+    y2 = tl.load(k1_ptrs + HALF).to(tl.float32)
+    jj = tl.maximum(j, 0)[:, None] * HALF + e[None, :]
+    pc = tl.load(PCOS + jj)
+    ps = tl.load(PSIN + jj)
+    oc = tl.load(OCOS + s_r[:, None] * HALF + e[None, :])
+    so = tl.load(OSIN + s_r[:, None] * HALF + e[None, :])
+    c = pc * oc - ps * so
+    sn = ps * oc + pc * so
+    x1 = (y1 * c + y2 * sn).to(qr1.dtype)
+    x2 = (y2 * c - y1 * sn).to(qr1.dtype)
+    return _dot(qr1, tl.trans(x1), IS_FP32) + _dot(qr2, tl.trans(x2), IS_FP32)
+
+
+@triton.jit
 def _decode_attn_kernel(
     Q, K_CACHE, V_CACHE, BT, PAGES, SEQ_LENS, PO, PLSE, CNT, OUT, QR, PCOS, PSIN, OCOS, OSIN,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_bt, stride_pb, stride_ph, stride_ob, stride_oh, stride_rb, stride_rh,
     head_dim, qk_scale, remap_from, dense_below,
-    G: tl.constexpr, S: tl.constexpr, NUM_PAGES: tl.constexpr, PAGES_PER_SPLIT: tl.constexpr,
+    G: tl.constexpr, S: tl.constexpr, NUM_PAGES: tl.constexpr, MSA_PAGES: tl.constexpr, CHUNK: tl.constexpr,
     NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_GP: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, IS_FP32: tl.constexpr, REMAP: tl.constexpr, WINDOW: tl.constexpr,
 ):  # fmt: skip
@@ -205,9 +235,15 @@ def _decode_attn_kernel(
     h = tl.program_id(1)
     c = tl.program_id(2)
     seq_len = tl.load(SEQ_LENS + b)
+    i = tl.maximum(seq_len - 1, 0) // S
     row = PAGES + b.to(tl.int64) * stride_pb + h * stride_ph
-    start = c * PAGES_PER_SPLIT
-    stop = tl.minimum(start + PAGES_PER_SPLIT, NUM_PAGES)
+    # -- lists are packed: a dense row lists blocks 0..i, an MSA row at most MSA_PAGES; split this row's share evenly
+    # over the NUM_SPLITS programs, CHUNK pages per step --
+    n_valid = tl.where(seq_len > 0, tl.where(seq_len - 1 < dense_below, i + 1, MSA_PAGES), 0)
+    n_valid = tl.minimum(n_valid, NUM_PAGES)
+    per = tl.cdiv(tl.cdiv(n_valid, NUM_SPLITS), CHUNK) * CHUNK
+    start = c * per
+    stop = tl.minimum(start + per, n_valid)
     g = tl.arange(0, BLOCK_G)
     gm = g < G
     d = tl.arange(0, BLOCK_D)
@@ -217,39 +253,39 @@ def _decode_attn_kernel(
         mask=gm[:, None] & dm[None, :],
         other=0.0,
     )
-    s_idx = tl.arange(0, S)
+    r = tl.arange(0, CHUNK * S)
+    page_of = r // S
+    s_r = r % S
     bt_row = BT + b.to(tl.int64) * stride_bt
     m_i = tl.full([BLOCK_G], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     HALF: tl.constexpr = BLOCK_D // 2
-    i = tl.maximum(seq_len - 1, 0) // S
     if REMAP:
         e = tl.arange(0, HALF)
         qr_ptr = QR + b.to(tl.int64) * stride_rb + (h * G + g)[:, None] * stride_rh + e[None, :]
         qr1 = tl.load(qr_ptr, mask=gm[:, None], other=0.0)
         qr2 = tl.load(qr_ptr + HALF, mask=gm[:, None], other=0.0)
         is_remap = (i >= remap_from) & (seq_len - 1 >= dense_below)  # a dense row keeps true positions
-    for it in range(start, stop):
-        j = tl.load(row + it)  # -1 past the end of the list (lists are packed)
+    for it in range(start, stop, CHUNK):
+        pidx = it + page_of
+        j = tl.load(row + pidx, mask=pidx < stop, other=-1)  # (CHUNK * S,) logical page of each row
         phys = tl.load(bt_row + tl.maximum(j, 0)).to(tl.int64)
         # NOTE: the current page is partial: keys past seq_len are unwritten (possibly NaN), so zero them
-        kv_ok = tl.where(j >= 0, j * S + s_idx < seq_len, False)
+        kv_ok = (j >= 0) & (j * S + s_r < seq_len)
         mask = kv_ok[:, None] & dm[None, :]
-        k_ptrs = K_CACHE + phys * stride_kb + s_idx[:, None] * stride_ks + h * stride_kh
-        v = tl.load(V_CACHE + phys * stride_vb + s_idx[:, None] * stride_vs + h * stride_vh + d[None, :], mask=mask,
-                    other=0.0)  # fmt: skip
+        k_ptrs = K_CACHE + phys[:, None] * stride_kb + s_r[:, None] * stride_ks + h * stride_kh
+        k = tl.load(k_ptrs + d[None, :], mask=mask, other=0.0)
+        v = tl.load(V_CACHE + phys[:, None] * stride_vb + s_r[:, None] * stride_vs + h * stride_vh + d[None, :],
+                    mask=mask, other=0.0)  # fmt: skip
+        s = _dot(q, tl.trans(k), IS_FP32)
         if REMAP:
-            if is_remap & (j >= 0) & (j < i - WINDOW):
-                # a remote page (full): remapped query against keys with RoPE undone
-                s = remote_scores(qr1, qr2, k_ptrs + e[None, :], j, s_idx, PCOS, PSIN, OCOS, OSIN, HALF,
-                                  IS_FP32) * qk_scale  # fmt: skip
-            else:
-                k = tl.load(k_ptrs + d[None, :], mask=mask, other=0.0)
-                s = tl.where(kv_ok[None, :], _dot(q, tl.trans(k), IS_FP32) * qk_scale, float("-inf"))
-        else:
-            k = tl.load(k_ptrs + d[None, :], mask=mask, other=0.0)
-            s = tl.where(kv_ok[None, :], _dot(q, tl.trans(k), IS_FP32) * qk_scale, float("-inf"))
+            if is_remap:
+                # remote pages (full): remapped query against keys with RoPE undone
+                remote = (j >= 0) & (j < i - WINDOW)
+                far = _remote_rows(qr1, qr2, k_ptrs + e[None, :], j, s_r, PCOS, PSIN, OCOS, OSIN, HALF, IS_FP32)
+                s = tl.where(remote[None, :], far, s)
+        s = tl.where(kv_ok[None, :], s * qk_scale, float("-inf"))
         # -- online softmax update --
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.math.exp2(m_i - m_new)
@@ -370,7 +406,7 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
         )  # fmt: skip
         return pages
     keys = torch.empty(num_seqs, num_kv_heads, num_topk_splits, block_k, dtype=torch.int64, device=q.device)
-    counters = torch.zeros(num_seqs * num_kv_heads, dtype=torch.int32, device=q.device)
+    counters = _counters(q.device, num_seqs * num_kv_heads)
     scores = torch.empty(num_seqs, num_kv_heads, group, max_blocks, dtype=torch.float32, device=q.device)
     part_m = torch.empty(num_seqs, num_kv_heads, num_score_splits, block_g, dtype=torch.float32, device=q.device)
     part_l = torch.empty_like(part_m)
@@ -380,7 +416,7 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
         q.stride(0), q.stride(1), kmean.stride(0), kmean.stride(1), block_tables.stride(0),
         *scores.stride()[:3],
         dense_below, head_dim, LOG2E / head_dim**0.5,
-        SCORE_SPLIT=score_split, NUM_SCORE_SPLITS=num_score_splits, BLOCK_N=min(64, score_split),
+        SCORE_SPLIT=score_split, NUM_SCORE_SPLITS=num_score_splits, BLOCK_N=min(_SCORE_BLOCK_N, score_split),
         BLOCK_D=triton.next_power_of_2(head_dim), IS_BOUND=score == "bound", IS_FP32=q.dtype == torch.float32,
         **common,
     )  # fmt: skip
@@ -413,9 +449,12 @@ def msa_decode_sparse(
     *,
     dense_below: int = 0,
     remap: Remap | None = None,
+    max_msa_pages: int | None = None,
 ) -> torch.Tensor:
     """Split-KV paged attention of one query token per sequence over its page list (twin of
-    paged_ref.msa_decode_sparse_ref). q (B, H, D), pages (B, Hkv, KD) int32 -> o (B, H, D); zeros where seq_len <= 0."""
+    paged_ref.msa_decode_sparse_ref). q (B, H, D), pages (B, Hkv, KD) int32 -> o (B, H, D); zeros where seq_len <= 0.
+    Lists are packed (-1 after the last page): a dense row lists blocks 0..i; an MSA row at most max_msa_pages
+    (default KD), so only that prefix is read."""
     num_seqs, num_heads, head_dim = q.shape
     num_blocks, block_size, num_kv_heads, _ = k_cache.shape
     group = num_heads // num_kv_heads
@@ -429,13 +468,15 @@ def msa_decode_sparse(
     if num_seqs == 0:
         return o
     num_pages = pages.shape[2]
-    pages_per_split, num_splits = decode_splits(num_seqs, num_kv_heads, num_pages, q.device)
+    msa_pages = min(num_pages, max_msa_pages or num_pages)
+    chunk = 2  # pages per step: 2 x S keys per load
+    num_splits = decode_splits(num_seqs, num_kv_heads, triton.cdiv(num_pages, chunk), q.device)[1]
     block_g = max(16, triton.next_power_of_2(group))  # rows of the dot: at least 16
     block_gp = triton.next_power_of_2(group)
     block_d = triton.next_power_of_2(head_dim)
     part_o = torch.empty(num_seqs, num_kv_heads, num_splits, block_gp, block_d, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(num_seqs, num_kv_heads, num_splits, block_gp, dtype=torch.float32, device=q.device)
-    counters = torch.zeros(num_seqs * num_kv_heads, dtype=torch.int32, device=q.device)
+    counters = _counters(q.device, num_seqs * num_kv_heads)
     qr, tables, remap_from, window = remap_inputs(remap, q, block_size)
     _decode_attn_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, pages, seq_lens, part_o, part_lse, counters, o, qr, *tables,
@@ -443,7 +484,7 @@ def msa_decode_sparse(
         block_tables.stride(0), pages.stride(0), pages.stride(1), o.stride(0), o.stride(1), qr.stride(0),
         qr.stride(1),
         head_dim, LOG2E / head_dim**0.5, remap_from, dense_below,
-        G=group, S=block_size, NUM_PAGES=num_pages, PAGES_PER_SPLIT=pages_per_split, NUM_SPLITS=num_splits,
+        G=group, S=block_size, NUM_PAGES=num_pages, MSA_PAGES=msa_pages, CHUNK=chunk, NUM_SPLITS=num_splits,
         BLOCK_G=block_g, BLOCK_GP=block_gp, BLOCK_D=block_d,
         BLOCK_C=max(1, min(triton.next_power_of_2(num_splits), _COMBINE_ELEMS // (block_gp * block_d))),
         IS_FP32=q.dtype == torch.float32, REMAP=remap is not None, WINDOW=window, num_warps=4, num_stages=2,
@@ -482,5 +523,6 @@ def msa_decode_attention(
         q, kmean, kmin, kmax, block_tables, seq_lens, block_size=block_size, sink_blocks=sink_blocks,
         window_blocks=window_blocks, topk_blocks=topk_blocks, score=score, dense_below=dense_below, remap=remap,
     )  # fmt: skip
-    o = msa_decode_sparse(q, k_cache, v_cache, block_tables, seq_lens, pages, dense_below=dense_below, remap=remap)
+    o = msa_decode_sparse(q, k_cache, v_cache, block_tables, seq_lens, pages, dense_below=dense_below, remap=remap,
+                          max_msa_pages=num_selected(sink_blocks, window_blocks, topk_blocks))  # fmt: skip
     return (o, pages) if return_sel else o

@@ -91,6 +91,7 @@ def test_decode_many_splits(monkeypatch):
     batch = make_batch(DECODE_SPECS + [(700, 1)], num_kv_heads=2, group=4, head_dim=32, block_size=16, decode=True)
     check_decode(batch, {**KNOBS, "topk_blocks": 5})
     check_decode(batch, {**KNOBS, "topk_blocks": 0})
+    check_decode(batch, {**KNOBS, "dense_below": 1 << 30})  # a dense layer: every list is 0..i, split evenly
 
 
 @pytest.mark.parametrize("splits", ["one", "chunked"])
