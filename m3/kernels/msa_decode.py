@@ -275,16 +275,22 @@ def _decode_attn_kernel(
         kv_ok = (j >= 0) & (j * S + s_r < seq_len)
         mask = kv_ok[:, None] & dm[None, :]
         k_ptrs = K_CACHE + phys[:, None] * stride_kb + s_r[:, None] * stride_ks + h * stride_kh
-        k = tl.load(k_ptrs + d[None, :], mask=mask, other=0.0)
         v = tl.load(V_CACHE + phys[:, None] * stride_vb + s_r[:, None] * stride_vs + h * stride_vh + d[None, :],
                     mask=mask, other=0.0)  # fmt: skip
-        s = _dot(q, tl.trans(k), IS_FP32)
         if REMAP:
-            if is_remap:
-                # remote pages (full): remapped query against keys with RoPE undone
-                remote = (j >= 0) & (j < i - WINDOW)
-                far = _remote_rows(qr1, qr2, k_ptrs + e[None, :], j, s_r, PCOS, PSIN, OCOS, OSIN, HALF, IS_FP32)
-                s = tl.where(remote[None, :], far, s)
+            # remote pages (full, before the window): remapped query against keys with RoPE undone; a list holds the
+            # remote pages first, so a step is all remote, all near, or (once) both
+            remote = tl.where(is_remap, (j >= 0) & (j < i - WINDOW), False)
+            n_far = tl.sum(remote.to(tl.int32), axis=0)
+            if n_far == CHUNK * S:
+                s = _remote_rows(qr1, qr2, k_ptrs + e[None, :], j, s_r, PCOS, PSIN, OCOS, OSIN, HALF, IS_FP32)
+            else:
+                s = _dot(q, tl.trans(tl.load(k_ptrs + d[None, :], mask=mask, other=0.0)), IS_FP32)
+                if n_far > 0:
+                    far = _remote_rows(qr1, qr2, k_ptrs + e[None, :], j, s_r, PCOS, PSIN, OCOS, OSIN, HALF, IS_FP32)
+                    s = tl.where(remote[None, :], far, s)
+        else:
+            s = _dot(q, tl.trans(tl.load(k_ptrs + d[None, :], mask=mask, other=0.0)), IS_FP32)
         s = tl.where(kv_ok[None, :], s * qk_scale, float("-inf"))
         # -- online softmax update --
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -371,6 +377,8 @@ def msa_decode_select(
     """
     knobs = dict(block_size=block_size, sink_blocks=sink_blocks, window_blocks=window_blocks, topk_blocks=topk_blocks,
                  score=score, dense_below=dense_below)  # fmt: skip
+    if remap is None:  # (no query-block arithmetic: two elementwise launches per step)
+        return _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, **knobs)
     query_blocks = torch.div(seq_lens - 1, block_size, rounding_mode="floor")
     return select_remapped(
         lambda qq, *sums: _decode_select(qq, *sums, block_tables, seq_lens, **knobs),
