@@ -31,16 +31,15 @@ G = H // HKV
 KNOBS = dict(block_size=S, sink_blocks=1, window_blocks=16, topk_blocks=32, score="bound", dense_below=4096)
 CEILING_TFLOPS = 770.0  # benchmarks.md anchor: bf16 matmul on one H200
 CONTEXTS = [32 * 1024, 128 * 1024, 512 * 1024, 1024 * 1024]
-PREFILL_CONFIGS = [  # sparse attention tiles tried at 128K; the fastest is used everywhere
+PREFILL_CONFIGS = [  # tiles tried at 128K, the fastest used everywhere (dropped: PAGES=4 fails to compile at 128
+    # rows, 256 rows x PAGES=2 took 145 ms: kernels-tiles256-h200 record)
     dict(BLOCK_M=128, PAGES=1, num_warps=8, num_stages=3),
     dict(BLOCK_M=128, PAGES=1, num_warps=8, num_stages=2),
     dict(BLOCK_M=128, PAGES=2, num_warps=8, num_stages=2),
     dict(BLOCK_M=128, PAGES=2, num_warps=8, num_stages=3),
-    dict(BLOCK_M=128, PAGES=4, num_warps=8, num_stages=2),
     dict(BLOCK_M=64, PAGES=1, num_warps=4, num_stages=3),
     dict(BLOCK_M=64, PAGES=2, num_warps=4, num_stages=2),
     dict(BLOCK_M=256, PAGES=1, num_warps=16, num_stages=2),  # one tile per query block at G=4: pages loaded once
-    dict(BLOCK_M=256, PAGES=2, num_warps=16, num_stages=2),
     dict(BLOCK_M=128, PAGES=2, num_warps=8, num_stages=1),
     dict(BLOCK_M=256, PAGES=1, num_warps=8, num_stages=2),
     dict(BLOCK_M=256, PAGES=1, num_warps=16, num_stages=3),

@@ -277,20 +277,15 @@ def _decode_attn_kernel(
         k_ptrs = K_CACHE + phys[:, None] * stride_kb + s_r[:, None] * stride_ks + h * stride_kh
         v = tl.load(V_CACHE + phys[:, None] * stride_vb + s_r[:, None] * stride_vs + h * stride_vh + d[None, :],
                     mask=mask, other=0.0)  # fmt: skip
+        s = _dot(q, tl.trans(tl.load(k_ptrs + d[None, :], mask=mask, other=0.0)), IS_FP32)
         if REMAP:
-            # remote pages (full, before the window): remapped query against keys with RoPE undone; a list holds the
-            # remote pages first, so a step is all remote, all near, or (once) both
-            remote = tl.where(is_remap, (j >= 0) & (j < i - WINDOW), False)
-            n_far = tl.sum(remote.to(tl.int32), axis=0)
-            if n_far == CHUNK * S:
-                s = _remote_rows(qr1, qr2, k_ptrs + e[None, :], j, s_r, PCOS, PSIN, OCOS, OSIN, HALF, IS_FP32)
-            else:
-                s = _dot(q, tl.trans(tl.load(k_ptrs + d[None, :], mask=mask, other=0.0)), IS_FP32)
-                if n_far > 0:
-                    far = _remote_rows(qr1, qr2, k_ptrs + e[None, :], j, s_r, PCOS, PSIN, OCOS, OSIN, HALF, IS_FP32)
-                    s = tl.where(remote[None, :], far, s)
-        else:
-            s = _dot(q, tl.trans(tl.load(k_ptrs + d[None, :], mask=mask, other=0.0)), IS_FP32)
+            # remote pages (full, before the window): remapped query against keys with RoPE undone
+            # NOTE: computing only the scores a step needs (remote pages come first) nests ifs that Triton 3.6 fails
+            # to compile (PassManager::run failed on the H200); both are computed where a row remaps
+            if is_remap:
+                remote = (j >= 0) & (j < i - WINDOW)
+                far = _remote_rows(qr1, qr2, k_ptrs + e[None, :], j, s_r, PCOS, PSIN, OCOS, OSIN, HALF, IS_FP32)
+                s = tl.where(remote[None, :], far, s)
         s = tl.where(kv_ok[None, :], s * qk_scale, float("-inf"))
         # -- online softmax update --
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
