@@ -1,0 +1,85 @@
+"""Compile, for sm_90 and without a GPU, every Triton kernel variant the launchers launch for a set of real shapes.
+
+The interpreter runs kernels as Python, so it accepts code the Triton compiler rejects (tuple unpacking into a
+@triton.jit call did once). Here each launch is intercepted: its signature and constexprs are derived from the
+arguments and the kernel is compiled ahead of time (triton.compile, ptxas from the triton wheel) instead of run.
+Run as a script (TRITON_INTERPRET unset); prints one line per variant and `compiled N, failed M` last.
+"""
+
+import os
+import sys
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.jit import JITFunction
+
+sys.path.insert(0, os.path.dirname(__file__))
+from msa_cases import make_batch, make_remap  # noqa: E402
+
+TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int32: "i32", torch.int64: "i64"}
+SEEN: dict[tuple, bool] = {}
+
+
+def _compile_instead_of_run(self, *args, grid, warmup, **kwargs):
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    bound = dict(zip(self.arg_names, args)) | kwargs
+    signature, constexprs = {}, {}
+    for param in self.params:
+        value = bound[param.name]
+        if param.is_constexpr:
+            signature[param.name], constexprs[param.name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[param.name] = "*" + TYPES[value.dtype]
+        elif isinstance(value, float):
+            signature[param.name] = "fp32"
+        else:
+            signature[param.name] = "i64" if abs(int(value)) >= 2**31 else "i32"
+    key = (self.fn.__name__, tuple(sorted((k, repr(v)) for k, v in constexprs.items())), str(options))
+    if key in SEEN:
+        return None
+    try:
+        triton.compile(ASTSource(self, signature, constexprs), target=GPUTarget("cuda", 90, 32), options=options)
+        SEEN[key] = True
+        print("ok    ", self.fn.__name__, options, flush=True)
+    except Exception as e:  # noqa: BLE001
+        SEEN[key] = False
+        print("FAILED", self.fn.__name__, options, str(e)[:2000], flush=True)
+    return None
+
+
+def main():
+    JITFunction.run = _compile_instead_of_run
+    from m3.kernels.kv_cache import store_kv, summarize_blocks
+    from m3.kernels.msa_decode import msa_decode_attention
+    from m3.kernels.msa_prefill import msa_prefill_attention
+
+    bf16 = torch.bfloat16
+    knobs = dict(block_size=64, sink_blocks=1, window_blocks=16, topk_blocks=32, score="bound", dense_below=256)
+    specs = [(0, 1000), (512, 300), (3000, 1)]
+    decode_specs = [(20000, 1), (0, 0), (64, 1), (4999, 1)]
+    for group, head_dim, dtype in ((4, 128, bf16), (3, 64, torch.float16), (8, 128, bf16), (1, 128, torch.float32)):
+        b = make_batch(specs, num_kv_heads=2, group=group, head_dim=head_dim, block_size=64, dtype=dtype)
+        msa_prefill_attention(*b.attention_args(), **knobs)
+        msa_prefill_attention(*b.attention_args(), **{**knobs, "score": "mean", "topk_blocks": 0})
+        d = make_batch(decode_specs, num_kv_heads=2, group=group, head_dim=head_dim, block_size=64, dtype=dtype,
+                       decode=True)  # fmt: skip
+        msa_decode_attention(*d.decode_args(), **knobs)
+        msa_decode_attention(*d.decode_args(), **{**knobs, "topk_blocks": 0, "dense_below": 1 << 30})
+        if dtype != torch.float32:
+            msa_prefill_attention(*b.attention_args(), **knobs, remap=make_remap(b, window_blocks=16, from_block=2))
+            remap = make_remap(d, window_blocks=16, from_block=0, decode=True)
+            msa_decode_attention(*d.decode_args(), **knobs, remap=remap)
+        k = torch.randn(10, 2, head_dim, dtype=dtype)
+        cache = torch.zeros(4, 64, 2, head_dim, dtype=dtype)
+        store_kv(k, k, cache, cache, torch.arange(10))
+        sums = [torch.zeros(4, 2, head_dim, dtype=dtype) for _ in range(3)]
+        summarize_blocks(cache, torch.arange(2), *sums)
+    failed = sum(not ok for ok in SEEN.values())
+    print(f"compiled {len(SEEN) - failed}, failed {failed}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
