@@ -206,9 +206,13 @@ class ModelRunner:
             self._graphs[key] = self._capture(size, remap_from)
         graph, hidden = self._graphs[key]
         graph.replay()
-        blocks = FilledBlocks(*(torch.tensor(x, dtype=torch.long, device=self.device) for x in (filled, filled_starts)))
-        for attn in self.model.attention_layers():
-            attn.summarize(blocks)
+        layers = self.model.attention_layers()
+        if filled:  # (most steps fill no block: no host-to-device copies then)
+            t = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)  # noqa: E731
+            blocks = FilledBlocks(t(filled), t(filled_starts))
+            for attn in layers:
+                attn.summarize(blocks)
+        for attn in layers:
             attn.record_share(lens)
         return hidden[:n]
 
