@@ -147,22 +147,28 @@ def random_cache(runner: ModelRunner):
             c.raw_kmean.copy_(c.kmean), c.raw_kmin.copy_(c.kmin), c.raw_kmax.copy_(c.kmax)
 
 
+def engine_config(args, attention: str, **kw) -> Config:
+    """The benchmark's engine settings: bf16 on CUDA, 16K-token chunks; MSA's positions from --positions (dense always
+    uses true positions)."""
+    return Config(
+        device="cuda",
+        dtype="bfloat16",
+        attention=attention,
+        positions=args.positions if attention == "msa" else "true",
+        max_num_batched_tokens=CHUNK,
+        cuda_graphs=not args.eager,
+        **kw,
+    )
+
+
 def decode_only(args, weights, record):
     cases = [tuple(int(v) for v in x.split("x")) for x in args.decode_only.split(",") if x]
     longest = max(n * b for n, b in cases)
     rows = record.setdefault("decode_only", {"msa": [], "dense": []})
     record["decode_only_note"] = "decode steps over a random KV cache, prefill skipped; end to end otherwise"
     for attention in ("msa", "dense"):
-        config = Config(
-            device="cuda",
-            dtype="bfloat16",
-            attention=attention,
-            positions=args.positions if attention == "msa" else "true",
-            max_num_batched_tokens=CHUNK,
-            max_num_seqs=max(b for _, b in cases),
-            num_kv_blocks=longest // 64 + 64 * max(b for _, b in cases),
-            cuda_graphs=not args.eager,
-        )
+        most = max(b for _, b in cases)
+        config = engine_config(args, attention, max_num_seqs=most, num_kv_blocks=longest // 64 + 64 * most)
         runner = ModelRunner(config, QWEN25_7B, weights, max(n for n, _ in cases) + 64)
         random_cache(runner)
         for n, b in cases:
@@ -204,15 +210,7 @@ def main():
     for attention, lengths in (("msa", args.msa), ("dense", args.dense)):
         if not lengths or not longest:
             continue
-        config = Config(
-            device="cuda",
-            dtype="bfloat16",
-            attention=attention,
-            positions=args.positions if attention == "msa" else "true",
-            max_num_batched_tokens=CHUNK,
-            num_kv_blocks=longest // 64 + 64,
-            cuda_graphs=not args.eager,
-        )
+        config = engine_config(args, attention, num_kv_blocks=longest // 64 + 64)
         runner = ModelRunner(config, QWEN25_7B, weights, longest + 64)
         record[f"{attention}_knobs"] = {
             f: getattr(config, f)

@@ -435,12 +435,12 @@ def flex_section(run: Run, n: int, flex):
     print(f"   flex {n // 1024}K failed: {errors[-1][:200]}", flush=True)
 
 
-def decode_section(run: Run, n: int, batch: int):
-    """One decode step per layer: MSA (graph-captured) vs dense SDPA over the full cache."""
+def decode_inputs(n: int, batch: int) -> tuple:
+    """msa_decode_attention's inputs for `batch` sequences of n cached tokens: random K/V, true summaries, pages in
+    random order."""
     import torch
 
     from m3.kernels.kv_cache import summarize_blocks
-    from m3.kernels.msa_decode import msa_decode_attention
 
     dev, bf = "cuda", torch.bfloat16
     nb = n // S
@@ -451,7 +451,18 @@ def decode_section(run: Run, n: int, batch: int):
     tables = torch.randperm(batch * nb, device=dev).int().view(batch, nb)
     lens = torch.full((batch,), n, dtype=torch.int32, device=dev)
     q = torch.randn(batch, H, D, dtype=bf, device=dev)
-    args = (q, k_cache, v_cache, *sums, tables, lens)
+    return (q, k_cache, v_cache, *sums, tables, lens)
+
+
+def decode_section(run: Run, n: int, batch: int):
+    """One decode step per layer: MSA (graph-captured) vs dense SDPA over the full cache."""
+    import torch
+
+    from m3.kernels.msa_decode import msa_decode_attention
+
+    dev, bf = "cuda", torch.bfloat16
+    args = decode_inputs(n, batch)
+    q, sums = args[0], args[3:6]
     msa_decode_attention(*args, **KNOBS)  # compile
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -466,14 +477,14 @@ def decode_section(run: Run, n: int, batch: int):
         rec["msa_kernels_us"] = kernel_breakdown(graph.replay)  # warm L2
     except Exception as e:  # noqa: BLE001
         rec["msa_kernels_us"] = dict(error=f"{type(e).__name__}: {e}"[:300])
-    remap = bench_remap(q, *sums, nb)
+    remap = bench_remap(q, *sums, n // S)
     msa_decode_attention(*args, **KNOBS, remap=remap)
     remap_graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(remap_graph):
         msa_decode_attention(*args, **KNOBS, remap=remap)
     rec["msa_remap_graph_cold_l2"] = timeit(remap_graph.replay, reps=30, warmup=3, flush=flush)
-    del remap_graph
-    del graph, k_cache, v_cache
+    del remap_graph, remap, graph
+    args = sums = None  # the paged cache: freed before the dense run
     torch.cuda.empty_cache()
     # dense: SDPA over each sequence's whole cache (B, Hkv, n, D); GQA by folding the G query heads of a KV head into
     # G query rows (non-causal: they all sit at the last position), so every backend reads each key once
@@ -505,17 +516,8 @@ def decode_tune_section(run: Run, n: int, batch: int):
     import torch
 
     from m3.kernels import msa_decode
-    from m3.kernels.kv_cache import summarize_blocks
 
-    dev, bf = "cuda", torch.bfloat16
-    nb = n // S
-    k_cache = torch.randn(batch * nb, S, HKV, D, dtype=bf, device=dev)
-    sums = [torch.empty(batch * nb, HKV, D, dtype=bf, device=dev) for _ in range(3)]
-    summarize_blocks(k_cache, torch.arange(batch * nb, device=dev), *sums)
-    tables = torch.randperm(batch * nb, device=dev).int().view(batch, nb)
-    lens = torch.full((batch,), n, dtype=torch.int32, device=dev)
-    q = torch.randn(batch, H, D, dtype=bf, device=dev)
-    args = (q, k_cache, k_cache, *sums, tables, lens)
+    args = decode_inputs(n, batch)
     flush = l2_flusher()
     saved = msa_decode._SCORE_SPLIT, msa_decode._TOPK_SPLIT, msa_decode._SCORE_BLOCK_N
     rows = []
@@ -545,9 +547,9 @@ def decode_tune_section(run: Run, n: int, batch: int):
 def table(data: dict) -> str:
     fmt = lambda ms: "-" if ms is None else (f"{ms / 1e3:.2f} s" if ms >= 1000 else f"{ms:.2f} ms")
     med = lambda r: None if not isinstance(r, dict) else r.get("median_ms")
+    check = ("passed" if data["check"].get("passed") else "FAILED") if "check" in data else "not run"
     lines = [f"GPU: {data.get('machine', {}).get('gpu', '?')}  torch {data.get('machine', {}).get('torch', '?')}  "
-             f"triton {data.get('machine', {}).get('triton', '?')}  check: "
-             f"{'passed' if data.get('check', {}).get('passed') else 'FAILED/not run'}"]  # fmt: skip
+             f"triton {data.get('machine', {}).get('triton', '?')}  check: {check}"]  # fmt: skip
     mm = data.get("matmul_bf16_8192", {}).get("tflops")
     if mm:
         lines.append(f"measured bf16 matmul ceiling: {mm:.0f} TFLOP/s (anchor 770)")
