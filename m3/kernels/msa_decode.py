@@ -17,7 +17,6 @@ import torch
 import triton
 import triton.language as tl
 
-from m3.kernels.msa_prefill import unrotated_scores
 from m3.kernels.msa_select import LOG2E, _check_summaries, _dot, _low_ids, _pack_keys, _summary_logits
 from m3.kernels.paged_ref import num_decode_pages, num_selected
 from m3.kernels.remap import Remap, remap_inputs, select_remapped
@@ -215,7 +214,11 @@ def _remote_rows(qr1, qr2, k1_ptrs, j, s_r, PCOS, PSIN, OCOS, OSIN, HALF: tl.con
     ps = tl.load(PSIN + jj)
     oc = tl.load(OCOS + s_r[:, None] * HALF + e[None, :])
     so = tl.load(OSIN + s_r[:, None] * HALF + e[None, :])
-    return unrotated_scores(qr1, qr2, y1, y2, pc, ps, oc, so, IS_FP32)
+    c = pc * oc - ps * so
+    sn = ps * oc + pc * so
+    x1 = (y1 * c + y2 * sn).to(qr1.dtype)
+    x2 = (y2 * c - y1 * sn).to(qr1.dtype)
+    return _dot(qr1, tl.trans(x1), IS_FP32) + _dot(qr2, tl.trans(x2), IS_FP32)
 
 
 @triton.jit

@@ -60,13 +60,6 @@ def remote_scores(qr1, qr2, k_ptrs, j, s_idx, PCOS, PSIN, OCOS, OSIN, HALF: tl.c
     ps = tl.load(PSIN + j * HALF + e)[None, :]
     oc = tl.load(OCOS + s_idx[:, None] * HALF + e[None, :])
     so = tl.load(OSIN + s_idx[:, None] * HALF + e[None, :])
-    return unrotated_scores(qr1, qr2, y1, y2, pc, ps, oc, so, IS_FP32)
-
-
-@triton.jit
-def unrotated_scores(qr1, qr2, y1, y2, pc, ps, oc, so, IS_FP32: tl.constexpr):
-    """qr1|qr2 against keys y1|y2 (float32 halves) with RoPE undone at angle page + offset, given the cos/sin of the
-    page part (pc, ps) and of the offset part (oc, so): cos/sin of the sum by two products each."""
     c = pc * oc - ps * so
     sn = ps * oc + pc * so
     x1 = (y1 * c + y2 * sn).to(qr1.dtype)
