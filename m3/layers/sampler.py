@@ -21,11 +21,16 @@ class Sampler:
         """logits: (B, V) float32. Returns the sampled token per row and, where asked, its logprobs entry."""
         logprobs_raw = torch.log_softmax(logits, dim=-1) if any(p.logprobs is not None for p in params) else None
         tokens, logprobs = [], []
+        # greedy rows without penalties: one argmax and one device-to-host copy for the batch, not one per row
+        plain = [p.is_greedy and not _has_penalties(p) for p in params]
+        argmax = logits.argmax(dim=-1).tolist() if any(plain) else None
         for i, p in enumerate(params):
-            row = _apply_penalties(logits[i], p, token_ids[i], num_prompt_tokens[i])
-            if p.is_greedy:
-                token = int(row.argmax())
+            if plain[i]:
+                token = argmax[i]
+            elif p.is_greedy:
+                token = int(_apply_penalties(logits[i], p, token_ids[i], num_prompt_tokens[i]).argmax())
             else:
+                row = _apply_penalties(logits[i], p, token_ids[i], num_prompt_tokens[i])
                 probs = _filtered_probs(row / p.temperature, p)
                 if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
                     token = int(row.argmax())  # degenerate distribution: never let one request break the step
@@ -48,8 +53,12 @@ class Sampler:
         return tokens, logprobs
 
 
+def _has_penalties(p: SamplingParams) -> bool:
+    return p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+
+
 def _apply_penalties(row: torch.Tensor, p: SamplingParams, token_ids: list[int], num_prompt: int) -> torch.Tensor:
-    if p.repetition_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0:
+    if not _has_penalties(p):
         return row
     row = row.clone()
     if p.repetition_penalty != 1.0 and token_ids:
