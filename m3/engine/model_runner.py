@@ -11,7 +11,7 @@ import torch
 
 from m3.config import Config
 from m3.engine.scheduler import ScheduledBatch
-from m3.layers.attention import AttentionMetadata, FilledBlocks, LayerCache, MSAParams
+from m3.layers.attention import AttentionMetadata, FilledBlocks, LayerCache, MSAParams, remap_from_block
 from m3.layers.sampler import Sampler
 from m3.models.args import ModelArgs
 from m3.models.llama import CausalLM
@@ -86,7 +86,7 @@ class ModelRunner:
         self._graphs: dict[tuple[int, int | None], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._static: dict[str, torch.Tensor] | None = None
         self._pool = None
-        self._slot_tables: list[list[int] | None] = []
+        self._slot_tables: list[tuple[list[int] | None, int]] = []  # per batch slot: (table object, entries written)
 
     def _bytes_per_block(self) -> int:
         a = self.args
@@ -150,6 +150,7 @@ class ModelRunner:
             filled=FilledBlocks(t(filled), t(filled_starts)),
             q_start_t=t(q_start, torch.int32),
             seq_lens_t=t(seq_lens, torch.int32),
+            remap_from=remap_from_block(self.model.attention_layers()[0].msa, q_start, seq_lens),
         )
         return t(input_ids), meta, sample_rows
 
@@ -192,15 +193,18 @@ class ModelRunner:
             if (p + 1) % bs == 0:
                 filled.append(seq.block_table[p // bs])
                 filled_starts.append(p + 1 - bs)
-            if self._slot_tables[i] != seq.block_table:  # a new sequence in this slot, or its table grew
-                table = torch.tensor(seq.block_table, dtype=torch.int32)
-                st["tables"][i, : len(seq.block_table)].copy_(table, non_blocking=False)
-                self._slot_tables[i] = list(seq.block_table)
+            # block tables only grow (extend) or are replaced (freed): write the new tail, or the whole row when the
+            # slot holds another table object than last step (the cached reference keeps that object alive)
+            table, (cached, written) = seq.block_table, self._slot_tables[i]
+            start = written if cached is table else 0
+            if start < len(table):
+                st["tables"][i, start : len(table)].copy_(torch.tensor(table[start:], dtype=torch.int32))
+                self._slot_tables[i] = (table, len(table))
         st["host"].copy_(torch.tensor(rows, dtype=torch.long))
         st["inputs"].copy_(st["host"], non_blocking=True)  # rows stay contiguous: the kernels read them flat
         # -- which query blocks remap positions: the same choice as an eager step, fixed per graph --
         lens = rows[3][:n]
-        remap_from = self.model.attention_layers()[0]._remap_from(_LengthsOnly([x - 1 for x in lens], lens))
+        remap_from = remap_from_block(self.model.attention_layers()[0].msa, [x - 1 for x in lens], lens)
         key = (size, remap_from)
         if key not in self._graphs:
             self._graphs[key] = self._capture(size, remap_from)
@@ -227,7 +231,7 @@ class ModelRunner:
                 tables=torch.zeros(size, max_blocks, dtype=torch.int32, device=self.device),
                 cu=torch.arange(size + 1, dtype=torch.int32, device=self.device),
             )
-            self._slot_tables = [None] * size
+            self._slot_tables = [(None, 0)] * size
         return self._static
 
     def _graph_forward(self, size: int, remap_from: int | None) -> torch.Tensor:
@@ -245,7 +249,6 @@ class ModelRunner:
             filled=FilledBlocks(*(torch.zeros(0, dtype=torch.long, device=self.device),) * 2),
             q_start_t=seq_lens_t - 1,
             seq_lens_t=seq_lens_t,
-            graph=True,
             remap_from=remap_from,
         )
         return self.model(ids, positions, meta)
@@ -266,10 +269,3 @@ class ModelRunner:
         """Mean share of cached blocks that MSA layers read in their last sparse step (None if none ran)."""
         shares = [a.last_selected_share for a in self.model.attention_layers() if a.last_selected_share is not None]
         return sum(shares) / len(shares) if shares else None
-
-
-class _LengthsOnly:
-    """The two fields of AttentionMetadata that PagedAttention._remap_from reads."""
-
-    def __init__(self, q_start: list[int], seq_lens: list[int]):
-        self.q_start, self.seq_lens = q_start, seq_lens

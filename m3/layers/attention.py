@@ -38,10 +38,9 @@ class AttentionMetadata:
     filled: FilledBlocks  # blocks that became full this step (empty in a CUDA-graph step: the runner summarises)
     q_start_t: torch.Tensor | None = None  # (B,) int32 copies on the device, for the fast kernels
     seq_lens_t: torch.Tensor | None = None
-    # a CUDA-graph decode step (model_runner.py): host-side choices must hold for every replay, so they come from
-    # here instead of from this step's lengths
-    graph: bool = False
-    remap_from: int | None = None  # with graph: first query block that remaps positions, None = none
+    # first query block that remaps positions (0 = all, None = none): remap_from_block of the step's lengths, chosen
+    # once per step by the runner (and fixed per captured CUDA graph)
+    remap_from: int | None = None
 
 
 @dataclass
@@ -106,6 +105,20 @@ def use_kernels(q: torch.Tensor) -> bool:
     return q.is_cuda and _kernels() is not None
 
 
+def remap_from_block(p: MSAParams, q_start: list[int], seq_lens: list[int]) -> int | None:
+    """First query block that remaps positions in a step (0 = all of them), None if none does; as _msa_seq."""
+    bs = p.block_size
+    if p.positions == "true":
+        return None
+    if p.positions == "remap":
+        return 0
+    first = p.trained_len // bs  # "auto": query block i remaps iff (i + 1) * S > trained_len
+    lasts = [(n - 1) // bs for n, s in zip(seq_lens, q_start) if n > s]
+    if not lasts or max(lasts) < first:
+        return None
+    return 0 if min(s // bs for n, s in zip(seq_lens, q_start) if n > s) >= first else first
+
+
 class PagedAttention(torch.nn.Module):
     """softmax(q k^T / sqrt(D)) v over the cache, for one layer; q/k arrive already rotated."""
 
@@ -141,8 +154,9 @@ class PagedAttention(torch.nn.Module):
         ops, cache, p = _kernels(), self.cache, self.msa
         ops.store_kv(k, v, cache.k, cache.v, meta.slot_mapping)
         self.summarize(meta.filled)
-        # a dense layer is MSA with every query below dense_below: the kernels then walk every earlier block
-        dense_below = p.dense_below if p.use_msa else (1 << 30 if meta.graph else max(meta.seq_lens) + 1)
+        # a dense layer is MSA with every query below dense_below: the kernels then walk every earlier block (a
+        # constant, not this step's longest length, so a CUDA graph's replays share it)
+        dense_below = p.dense_below if p.use_msa else 1 << 30
         knobs = dict(
             block_size=p.block_size,
             sink_blocks=p.sink_blocks,
@@ -172,8 +186,7 @@ class PagedAttention(torch.nn.Module):
                 meta.seq_lens_t,
                 **knobs,
             )
-        if not meta.graph:
-            self.record_share(meta.seq_lens)
+        self.record_share(meta.seq_lens)  # (a CUDA-graph step passes dummy lengths: the runner records after replay)
         return out
 
     def record_share(self, seq_lens: list[int]):
@@ -187,22 +200,9 @@ class PagedAttention(torch.nn.Module):
         if shares:
             self.last_selected_share = sum(shares) / len(shares)
 
-    def _remap_from(self, meta: AttentionMetadata) -> int | None:
-        """First query block that remaps positions in this step (0 = all of them), None if none does; as _msa_seq."""
-        p, bs = self.msa, self.msa.block_size
-        if p.positions == "true":
-            return None
-        if p.positions == "remap":
-            return 0
-        first = p.trained_len // bs  # "auto": query block i remaps iff (i + 1) * S > trained_len
-        lasts = [(n - 1) // bs for n, s in zip(meta.seq_lens, meta.q_start) if n > s]
-        if not lasts or max(lasts) < first:
-            return None
-        return 0 if min(s // bs for n, s in zip(meta.seq_lens, meta.q_start) if n > s) >= first else first
-
     def _remap_inputs(self, q_raw: torch.Tensor, meta: AttentionMetadata) -> Remap | None:
         """Remap inputs of the kernels (m3/kernels/remap.py) for this step, or None."""
-        from_block = meta.remap_from if meta.graph else self._remap_from(meta)
+        from_block = meta.remap_from
         if from_block is None:
             return None
         p, cache = self.msa, self.cache

@@ -46,15 +46,16 @@ class _EagerGraph:
 
 @pytest.mark.parametrize("positions", ["true", "auto"])
 def test_graph_decode_path_equals_reference_path(tiny_model_dir_d32, positions, monkeypatch):
-    # the CUDA-graph decode plumbing (static buffers, padded batch sizes, cached block-table rows, remap key, blocks
+    # the CUDA-graph decode plumbing (static buffers, padded batch sizes, block-table tails, remap key, blocks
     # summarised after the replay), with eager replays: sequences of different lengths finish at different steps and
     # decode long enough for blocks filled during decode to leave the 2-block window and be scored
     from m3.engine.model_runner import ModelRunner
 
     prompts = [list(range(100, 330)), list(range(400, 551)), list(range(600, 645))]
     params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in (70, 50, 20)]
+    # layer 1 dense: its page lists span every block up to the static table width
     config = dict(KNOBS, positions=positions, max_model_len=512, max_num_batched_tokens=96, device="cpu",
-                  dtype="float32")  # fmt: skip
+                  dtype="float32", dense_layers=(1,))  # fmt: skip
     ref = LLM(tiny_model_dir_d32, **config).generate(prompts, params)
     monkeypatch.setattr(attention, "use_kernels", lambda q: attention._kernels() is not None)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
