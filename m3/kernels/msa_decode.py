@@ -24,7 +24,7 @@ from m3.kernels.remap import Remap, remap_inputs, select_remapped
 _SCORE_SPLIT = 256  # candidate blocks scored per program (the summary read is the decode floor: spread it wide)
 _TOPK_SPLIT = 1024  # candidate blocks per local top-k (fewer splits = a smaller final merge)
 _COMBINE_ELEMS = 16384  # split partials combined per load: BLOCK_C x G x D elements
-_SCORE_BLOCK_N = 64  # candidate blocks per step of the scoring loop
+_SCORE_BLOCK_N = 64  # candidate blocks per step of the scoring loop (two pipeline stages: 20.4 vs 21.3 us at 1M)
 _KEEP: list[torch.Tensor] = []  # every counter buffer ever handed out (captured graphs keep their pointers)
 
 
@@ -421,7 +421,7 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
         dense_below, head_dim, LOG2E / head_dim**0.5,
         SCORE_SPLIT=score_split, NUM_SCORE_SPLITS=num_score_splits, BLOCK_N=min(_SCORE_BLOCK_N, score_split),
         BLOCK_D=triton.next_power_of_2(head_dim), IS_BOUND=score == "bound", IS_FP32=q.dtype == torch.float32,
-        **common,
+        num_stages=2, **common,
     )  # fmt: skip
     _decode_topk_kernel[(num_seqs, num_kv_heads, num_topk_splits)](
         scores, part_m, part_l, seq_lens, keys, counters, pages,

@@ -269,6 +269,9 @@ def prefill_select_rows(
     tile_seq, tile_idx = segment_rows((counts + block_q - 1) // block_q, num_tiles)
     row_start = torch.cumsum(counts, 0) - counts
     tile_w0 = torch.where(tile_seq >= 0, row_start[tile_seq.clamp(min=0).long()] + tile_idx * block_q, -1).int()
+    # a tile's work grows with its position (candidates = earlier blocks): launch the last tiles first, so the grid
+    # ends on short ones (35.8 vs 36.6 ms at 1M on the H200, session-4 experiment)
+    tile_seq, tile_w0 = tile_seq.flip(0), tile_w0.flip(0)
     _select_kernel[(num_tiles, num_kv_heads)](
         qbar, kmean, kmin, kmax, block_tables, sel, tile_seq, tile_w0, qb_seq, qb_ids,
         qbar.stride(0), qbar.stride(1), kmean.stride(0), kmean.stride(1), block_tables.stride(0),
