@@ -9,7 +9,7 @@ when it would not fit the time budget.
 random keys and values, skipping the prefill, for MSA and dense alike: this is how dense decode at 512K/1M is measured
 (its prefill would take many minutes). Decode steps replay CUDA graphs unless --eager.
 Usage: python benchmarks/e2e_gpu.py --out results.json [--msa 131072,524288,1048576] [--dense 65536,131072]
-       [--positions true|remap] [--decode-only CONTEXTxBATCH,...] [--eager]
+       [--positions true|remap] [--decode-only CONTEXTxBATCH,...] [--eager] [--profile]
 """
 
 import argparse
@@ -92,7 +92,37 @@ def run(runner: ModelRunner, context: int, decode_tokens: int) -> dict:
     }
 
 
-def run_decode_only(runner: ModelRunner, context: int, batch: int, decode_tokens: int) -> dict:
+def profile_steps(step, steps: int = 5) -> dict:
+    """Where a decode step's time goes (torch.profiler over `steps` steps, which adds host overhead): its wall time, the
+    GPU time of its kernels (summed; the rest of the wall is the GPU waiting on the host) and the kernels and host ops
+    that take the most."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        ts = time.perf_counter()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - ts) / steps
+    events = prof.key_averages()
+    gpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time_total > 0]
+    host = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    per_step = lambda us: round(us / steps / 1000, 3)  # noqa: E731
+    return {
+        "steps": steps,
+        "wall_ms_per_step": round(1000 * wall, 3),
+        "gpu_kernel_ms_per_step": per_step(sum(e.device_time_total for e in gpu)),
+        "top_kernels_ms_per_step": {
+            e.key[:80]: per_step(e.device_time_total) for e in sorted(gpu, key=lambda e: -e.device_time_total)[:15]
+        },
+        "top_host_ops_self_ms_per_step": {
+            e.key[:80]: per_step(e.self_cpu_time_total) for e in sorted(host, key=lambda e: -e.self_cpu_time_total)[:15]
+        },
+    }
+
+
+def run_decode_only(runner: ModelRunner, context: int, batch: int, decode_tokens: int, profile: bool = False) -> dict:
     """Decode steps of `batch` sequences whose first `context` tokens sit in the cache (random K/V), no prefill."""
     blocks = BlockManager(runner.num_blocks, runner.block_size)
     sched = Scheduler(blocks, max_num_seqs=batch, max_num_batched_tokens=CHUNK)
@@ -100,29 +130,35 @@ def run_decode_only(runner: ModelRunner, context: int, batch: int, decode_tokens
     seqs = []
     for b in range(batch):
         prompt = torch.randint(0, QWEN25_7B.vocab_size, (context,), generator=g).tolist()
-        seq = Sequence(f"bench{b}", 0, prompt, SamplingParams(temperature=0.0, max_tokens=decode_tokens + 4), None)
+        seq = Sequence(f"bench{b}", 0, prompt, SamplingParams(temperature=0.0, max_tokens=decode_tokens + 16), None)
         blocks.allocate(seq, context)
         seq.num_computed_tokens = context - 1  # the last prompt token is the first decode input
         seq.status = SequenceStatus.RUNNING
         sched.running.append(seq)
         seqs.append(seq)
     torch.cuda.reset_peak_memory_stats()
-    step_times = []
-    for _ in range(decode_tokens + 2):  # the first two steps may capture a graph: not timed
+
+    def step():
         batch_ = sched.schedule()
-        torch.cuda.synchronize()
-        ts = time.perf_counter()
         results = runner.run(batch_)
         for seq, n, r in zip(batch_.seqs, batch_.num_tokens, results):
             seq.num_computed_tokens += n
             seq.token_ids.append(r[0])
+
+    step_times = []
+    for _ in range(decode_tokens + 2):  # the first two steps may capture a graph: not timed
+        torch.cuda.synchronize()
+        ts = time.perf_counter()
+        step()
         torch.cuda.synchronize()
         step_times.append(time.perf_counter() - ts)
+    breakdown = profile_steps(step) if profile else None
     for seq in seqs:
         sched.finish(seq)
     steps = sorted(step_times[2:])
     med = steps[len(steps) // 2]
     return {
+        **({"profile": breakdown} if breakdown else {}),
         "context": context,
         "batch": batch,
         "decode_ms_per_step_median": round(1000 * med, 2),
@@ -172,7 +208,7 @@ def decode_only(args, weights, record):
         runner = ModelRunner(config, QWEN25_7B, weights, max(n for n, _ in cases) + 64)
         random_cache(runner)
         for n, b in cases:
-            rows[attention].append(run_decode_only(runner, n, b, args.decode_tokens))
+            rows[attention].append(run_decode_only(runner, n, b, args.decode_tokens, args.profile))
             print(attention, "decode-only", rows[attention][-1], flush=True)
             write_record("e2e_gpu", record, args.out)
         del runner
@@ -193,6 +229,7 @@ def main():
     ap.add_argument("--positions", default="true", choices=["true", "remap"], help="MSA's positions (msa.md)")
     ap.add_argument("--decode-only", default="", help="CONTEXTxBATCH,...: decode over a random cache, no prefill")
     ap.add_argument("--eager", action="store_true", help="no CUDA graphs for decode steps")
+    ap.add_argument("--profile", action="store_true", help="with --decode-only: a profile of 5 more steps per case")
     args = ap.parse_args()
     longest = max([int(x) for x in (args.msa + "," + args.dense).split(",") if x] or [0])
     weights = random_weights(QWEN25_7B)

@@ -13,6 +13,7 @@ from m3.kernels.kv_cache_ref import rope, store_kv_ref, summarize_blocks_ref, un
 from m3.kernels.msa_attention_ref import dense_attention_ref, sparse_attention_ref
 from m3.kernels.msa_select_ref import local_mask_ref, select_blocks_ref
 from m3.kernels.remap import Remap
+from m3.layers import triton_ops
 
 
 @dataclass
@@ -75,36 +76,6 @@ class MSAParams:
     trained_len: int  # "auto" remaps query blocks that reach past this
 
 
-def _kernels():
-    """The Triton ops as one namespace, or None where Triton is missing (then the references run)."""
-    global _KERNELS
-    if _KERNELS is False:
-        try:
-            from types import SimpleNamespace
-
-            from m3.kernels.kv_cache import store_kv, summarize_blocks
-            from m3.kernels.msa_decode import msa_decode_attention
-            from m3.kernels.msa_prefill import msa_prefill_attention
-
-            _KERNELS = SimpleNamespace(
-                store_kv=store_kv,
-                summarize_blocks=summarize_blocks,
-                msa_decode_attention=msa_decode_attention,
-                msa_prefill_attention=msa_prefill_attention,
-            )
-        except ImportError:
-            _KERNELS = None
-    return _KERNELS
-
-
-_KERNELS = False  # not looked up yet
-
-
-def use_kernels(q: torch.Tensor) -> bool:
-    """Whether a layer takes the Triton path: on CUDA when Triton imports (tests also run it in the interpreter)."""
-    return q.is_cuda and _kernels() is not None
-
-
 def remap_from_block(p: MSAParams, q_start: list[int], seq_lens: list[int]) -> int | None:
     """First query block that remaps positions in a step (0 = all of them), None if none does; as _msa_seq."""
     bs = p.block_size
@@ -133,7 +104,7 @@ class PagedAttention(torch.nn.Module):
 
     def forward(self, q: torch.Tensor, q_raw: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata):
         """q, q_raw (T, H, D) post/pre-RoPE queries; k, v (T, Hkv, D) new keys (post-RoPE) and values."""
-        if use_kernels(q):
+        if triton_ops.use_kernels(q):
             return self._forward_kernels(q, q_raw, k, v, meta)
         cache = self.cache
         store_kv_ref(k, v, cache.k, cache.v, meta.slot_mapping)
@@ -151,7 +122,7 @@ class PagedAttention(torch.nn.Module):
 
     def _forward_kernels(self, q, q_raw, k, v, meta: AttentionMetadata) -> torch.Tensor:
         """The Triton path (docs/kernels.md): batched over sequences, no per-sequence Python."""
-        ops, cache, p = _kernels(), self.cache, self.msa
+        ops, cache, p = triton_ops.kernels(), self.cache, self.msa
         ops.store_kv(k, v, cache.k, cache.v, meta.slot_mapping)
         self.summarize(meta.filled)
         # a dense layer is MSA with every query below dense_below: the kernels then walk every earlier block (a
@@ -219,7 +190,7 @@ class PagedAttention(torch.nn.Module):
         cache, bs = self.cache, self.msa.block_size
         if filled.blocks.numel() == 0:
             return
-        summarize = _kernels().summarize_blocks if use_kernels(cache.k) else summarize_blocks_ref
+        summarize = triton_ops.kernels().summarize_blocks if triton_ops.use_kernels(cache.k) else summarize_blocks_ref
         summarize(cache.k, filled.blocks, cache.kmean, cache.kmin, cache.kmax)
         if cache.raw_kmean is None:
             return

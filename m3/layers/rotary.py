@@ -7,8 +7,9 @@ import math
 
 import torch
 
-from m3.kernels.kv_cache_ref import rope
+from m3.kernels.fused_ref import rope_ref
 from m3.kernels.remap import rope_tables
+from m3.layers import triton_ops
 
 
 class RotaryEmbedding(torch.nn.Module):
@@ -44,7 +45,9 @@ class RotaryEmbedding(torch.nn.Module):
         if positions is not self._last_positions:
             self._last_positions, self._last_cos_sin = positions, self.cos_sin(positions)
         cos, sin = self._last_cos_sin
-        return rope(x.float(), cos[:, None, :], sin[:, None, :]).to(x.dtype)
+        if triton_ops.use_kernels(x):
+            return triton_ops.kernels().rope(x, cos, sin)
+        return rope_ref(x, cos, sin)
 
 
 def _scale_inv_freq(inv_freq: torch.Tensor, scaling: dict | None) -> torch.Tensor:

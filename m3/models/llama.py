@@ -5,6 +5,8 @@ Qwen3 (q/k RMSNorm). Parameter names match Hugging Face transformers, so checkpo
 import torch
 from torch import nn
 
+from m3.kernels.fused_ref import silu_mul_ref
+from m3.layers import triton_ops
 from m3.layers.attention import AttentionMetadata, MSAParams, PagedAttention
 from m3.layers.norm import RMSNorm
 from m3.layers.rotary import RotaryEmbedding
@@ -47,7 +49,9 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        act = triton_ops.kernels().silu_mul(gate, up) if triton_ops.use_kernels(x) else silu_mul_ref(gate, up)
+        return self.down_proj(act)
 
 
 class DecoderLayer(nn.Module):
@@ -58,9 +62,14 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(
+        self, x: torch.Tensor, delta: torch.Tensor | None, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residual stream x and the previous layer's output delta (None in the first layer) -> the residual stream
+        before this layer's MLP output, and that output (the next norm adds them in the same pass)."""
+        x, h = (x, self.input_layernorm(x)) if delta is None else self.input_layernorm.add(x, delta)
+        x, h = self.post_attention_layernorm.add(x, self.self_attn(h, positions, meta))
+        return x, self.mlp(h)
 
 
 class Backbone(nn.Module):
@@ -89,10 +98,10 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions: (T,) -> hidden (T, hidden_size) after the final norm."""
-        x = self.model.embed_tokens(input_ids)
+        x, delta = self.model.embed_tokens(input_ids), None
         for layer in self.model.layers:
-            x = layer(x, positions, meta)
-        return self.model.norm(x)
+            x, delta = layer(x, delta, positions, meta)
+        return self.model.norm.add(x, delta)[1]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()

@@ -23,7 +23,7 @@ SEEN: dict[tuple, bool] = {}
 
 
 def _compile_instead_of_run(self, *args, grid, warmup, **kwargs):
-    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in kwargs}
     bound = dict(zip(self.arg_names, args)) | kwargs
     signature, constexprs = {}, {}
     for param in self.params:
@@ -51,6 +51,7 @@ def _compile_instead_of_run(self, *args, grid, warmup, **kwargs):
 
 def main():
     JITFunction.run = _compile_instead_of_run
+    from m3.kernels.fused import add_rms_norm, rms_norm, rope, silu_mul
     from m3.kernels.kv_cache import store_kv, summarize_blocks
     from m3.kernels.msa_decode import msa_decode_attention
     from m3.kernels.msa_prefill import msa_prefill_attention
@@ -76,6 +77,12 @@ def main():
         store_kv(k, k, cache, cache, torch.arange(10))
         sums = [torch.zeros(4, 2, head_dim, dtype=dtype) for _ in range(3)]
         summarize_blocks(cache, torch.arange(2), *sums)
+    for dtype in (bf16, torch.float16, torch.float32):
+        x = torch.randn(3, 3584, dtype=dtype)
+        rms_norm(x, torch.ones(3584, dtype=dtype), 1e-6)
+        add_rms_norm(x, x, torch.ones(3584, dtype=dtype), 1e-6)
+        rope(torch.randn(2, 28, 128, dtype=dtype), torch.ones(2, 128), torch.zeros(2, 128))
+        silu_mul(x, x)
     failed = sum(not ok for ok in SEEN.values())
     print(f"compiled {len(SEEN) - failed}, failed {failed}")
     return 1 if failed else 0

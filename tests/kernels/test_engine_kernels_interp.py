@@ -8,7 +8,7 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
-from m3.layers import attention  # noqa: E402
+from m3.layers import triton_ops  # noqa: E402
 from m3.llm import LLM  # noqa: E402
 from m3.sampling_params import SamplingParams  # noqa: E402
 
@@ -25,7 +25,7 @@ def test_kernel_path_equals_reference_path(tiny_model_dir_d32, positions, monkey
     config = dict(KNOBS, positions=positions, max_model_len=512, max_num_batched_tokens=96, device="cpu",
                   dtype="float32")  # fmt: skip
     ref = LLM(tiny_model_dir_d32, **config).generate(prompts, params)
-    monkeypatch.setattr(attention, "use_kernels", lambda q: attention._kernels() is not None)
+    monkeypatch.setattr(triton_ops, "use_kernels", lambda x: triton_ops.kernels() is not None)
     llm = LLM(tiny_model_dir_d32, **config)
     out = llm.generate(prompts, params)
     assert llm.engine.runner.selected_share() < 0.9, "MSA must be active and sparse"
@@ -57,7 +57,7 @@ def test_graph_decode_path_equals_reference_path(tiny_model_dir_d32, positions, 
     config = dict(KNOBS, positions=positions, max_model_len=512, max_num_batched_tokens=96, device="cpu",
                   dtype="float32", dense_layers=(1,))  # fmt: skip
     ref = LLM(tiny_model_dir_d32, **config).generate(prompts, params)
-    monkeypatch.setattr(attention, "use_kernels", lambda q: attention._kernels() is not None)
+    monkeypatch.setattr(triton_ops, "use_kernels", lambda x: triton_ops.kernels() is not None)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     monkeypatch.setattr(ModelRunner, "_capture", lambda self, size, rf: ((g := _EagerGraph(self, size, rf)), g.out))
     llm = LLM(tiny_model_dir_d32, **config)
