@@ -25,22 +25,27 @@ SEEN: dict[tuple, bool] = {}
 def _compile_instead_of_run(self, *args, grid, warmup, **kwargs):
     options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in kwargs}
     bound = dict(zip(self.arg_names, args)) | kwargs
-    signature, constexprs = {}, {}
-    for param in self.params:
+    signature, constexprs, attrs = {}, {}, {}
+    for i, param in enumerate(self.params):
         value = bound[param.name]
         if param.is_constexpr:
             signature[param.name], constexprs[param.name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
+            continue
+        if isinstance(value, torch.Tensor):
             signature[param.name] = "*" + TYPES[value.dtype]
+            aligned = value.data_ptr() % 16 == 0
         elif isinstance(value, float):
-            signature[param.name] = "fp32"
+            signature[param.name], aligned = "fp32", False
         else:
             signature[param.name] = "i64" if abs(int(value)) >= 2**31 else "i32"
+            aligned = int(value) % 16 == 0
+        if aligned:  # as the JIT specialises: pointers and integers divisible by 16 (vectorised loads follow from it)
+            attrs[(i,)] = [["tt.divisibility", 16]]
     key = (self.fn.__name__, tuple(sorted((k, repr(v)) for k, v in constexprs.items())), str(options))
     if key in SEEN:
         return None
     try:
-        triton.compile(ASTSource(self, signature, constexprs), target=GPUTarget("cuda", 90, 32), options=options)
+        triton.compile(ASTSource(self, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32), options=options)
         SEEN[key] = True
         print("ok    ", self.fn.__name__, options, flush=True)
     except Exception as e:  # noqa: BLE001
