@@ -33,7 +33,7 @@ DRIVER = textwrap.dedent(
     )
     def respond(messages):
         if "Your sub-task (slow)" in messages[1]["content"] if len(messages) > 1 else False:
-            time.sleep(120)  # hangs here until the test kills this process
+            time.sleep(600)  # hangs here until the test kills this process
         return script(messages)
     model = ScriptedModel(respond=respond)
     Runner({ws!r}, model, LocalExecutor(model, 4)).start("four files", RunConfig(), run_id="r1")
@@ -68,9 +68,16 @@ def test_resume_after_sigkill_reruns_nothing_finished(tmp_path):
         return tasks.get("slow") == "started" and all(tasks.get(k) == "merged" for k in "abc")
 
     try:
-        wait_for(mid_run)
-    finally:
+        wait_for(mid_run, timeout_s=180.0)  # under a second when idle; generous for a loaded 2-core CI machine
+    except AssertionError as e:
         os.kill(proc.pid, signal.SIGKILL)
+        tasks = {t["id"]: t["status"] for t in Store(db).tasks("r1")} if db.exists() else None
+        out = proc.communicate()[0].decode()[-3000:]
+        msg = f"runner never reached a, b, c merged with slow started: tasks {tasks}; output: {out}"
+        raise AssertionError(msg) from e
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
 
