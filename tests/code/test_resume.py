@@ -71,7 +71,7 @@ def test_resume_after_sigkill_reruns_nothing_finished(tmp_path):
         wait_for(mid_run, timeout_s=180.0)  # under a second when idle; generous for a loaded 2-core CI machine
     except AssertionError as e:
         os.kill(proc.pid, signal.SIGKILL)
-        tasks = {t["id"]: t["status"] for t in Store(db).tasks("r1")} if db.exists() else None
+        tasks = {t["id"]: (t["status"], t["error"]) for t in Store(db).tasks("r1")} if db.exists() else None
         out = proc.communicate()[0].decode()[-3000:]
         msg = f"runner never reached a, b, c merged with slow started: tasks {tasks}; output: {out}"
         raise AssertionError(msg) from e
