@@ -67,16 +67,23 @@ def worktree_dir(workspace: Path, run_id: str, name: str) -> Path:
 
 
 def guard(wt: Path) -> None:
-    """Restore the worktree's `.git` pointer file before git runs in it outside the sandbox."""
+    """Restore the worktree's `.git` pointer file before git runs in it outside the sandbox.
+
+    NOTE: an intact pointer is left alone and a wrong one is replaced atomically: while it is missing, a
+    `git worktree prune` run for another task (add_worktree) deletes this worktree's metadata, and the task's next
+    git command fails (seen as a flaky sub-task failure in tests/code/test_resume.py)."""
     gitfile = wt / ".git"
     expected = wt.parent / f".{wt.name}.gitfile"
     if not expected.exists():
         return
+    want = expected.read_text()
+    if gitfile.is_file() and not gitfile.is_symlink() and gitfile.read_text() == want:
+        return
     if gitfile.is_dir() and not gitfile.is_symlink():
         shutil.rmtree(gitfile)
-    elif gitfile.exists() or gitfile.is_symlink():
-        gitfile.unlink()
-    gitfile.write_text(expected.read_text())
+    tmp = wt.parent / f".{wt.name}.gitfile.tmp"
+    tmp.write_text(want)
+    os.replace(tmp, gitfile)  # replaces a file or a symlink in one step
 
 
 def add_worktree(workspace: Path, wt: Path, branch: str, start: str) -> Path:

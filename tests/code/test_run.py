@@ -117,3 +117,36 @@ def test_step_limit(tmp_path):
     runner, run_id, tasks = start(ws, script, max_steps=4)
     assert tasks["long"]["status"] == "failed" and "step limit 4" in tasks["long"]["error"]
     assert tasks["long"]["num_steps"] == 4
+
+
+def test_worktree_guard_never_leaves_the_pointer_missing(tmp_path, monkeypatch):
+    # regression: guard() deleted and rewrote the `.git` pointer on every commit; a `git worktree prune` for another
+    # task landing in that gap deleted this worktree's metadata and failed the task (flaky test_resume)
+    from pathlib import Path
+
+    from m3.code import worktree as wtree
+
+    ws = make_workspace(tmp_path / "ws")
+    head = wtree.ensure_repo(ws)
+    wt = wtree.add_worktree(ws, wtree.worktree_dir(ws, "r", "t"), wtree.task_branch("r", "t"), head)
+    gitfile = wt / ".git"
+    pointer = gitfile.read_text()
+    removed = []
+    unlink = Path.unlink
+    monkeypatch.setattr(Path, "unlink", lambda self, *a, **k: (removed.append(self), unlink(self, *a, **k))[1])
+    wtree.guard(wt)
+    assert removed == [], "an intact pointer is left alone"
+    for tamper in ("text", "symlink", "dir"):
+        unlink(gitfile)
+        if tamper == "text":
+            gitfile.write_text("gitdir: /elsewhere\n")
+        elif tamper == "symlink":
+            gitfile.symlink_to(tmp_path)
+        else:
+            gitfile.mkdir()
+        wtree.guard(wt)
+        assert gitfile.is_file() and not gitfile.is_symlink() and gitfile.read_text() == pointer, tamper
+        assert gitfile not in removed, f"a tampered {tamper} pointer is replaced in one step"
+    (wt / "f.txt").write_text("x")
+    commit, files = wtree.commit_all(wt, "f")  # git works in it again
+    assert files == ["f.txt"] and commit
