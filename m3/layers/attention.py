@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from m3.kernels.kv_cache_ref import rope, store_kv_ref, summarize_blocks_ref, unrope
+from m3.kernels.kv_cache_ref import store_kv_ref, summarize_blocks_ref, unrope
 from m3.kernels.msa_attention_ref import dense_attention_ref, sparse_attention_ref
 from m3.kernels.msa_select_ref import local_mask_ref, select_blocks_ref
 from m3.kernels.remap import Remap
@@ -178,8 +178,7 @@ class PagedAttention(torch.nn.Module):
             return None
         p, cache = self.msa, self.cache
         assert cache.raw_kmean is not None, "remap needs raw summaries: the runner allocates them"
-        cos, sin = self.rotary.cos_sin(torch.full((1,), p.window_blocks * p.block_size, device=q_raw.device))
-        q_remote = rope(q_raw.float(), cos[:, None, :], sin[:, None, :]).to(q_raw.dtype)
+        q_remote = self.rotary.at_distance(q_raw, p.window_blocks * p.block_size)
         tables = self.rotary.page_tables(meta.block_tables.shape[1], p.block_size, q_raw.device)
         raw_min = cache.raw_kmin if p.score == "bound" else None
         raw_max = cache.raw_kmax if p.score == "bound" else None
@@ -265,8 +264,7 @@ class PagedAttention(torch.nn.Module):
         q_remote = k_raw = None
         if is_remap.any():
             assert cache.raw_kmean is not None, "remap needs raw summaries: the runner allocates them"
-            cos, sin = self.rotary.cos_sin(torch.full_like(pos[:1], p.window_blocks * bs))
-            q_remote = rope(q_raw.float(), cos[:, None, :], sin[:, None, :]).to(q.dtype)
+            q_remote = self.rotary.at_distance(q_raw, p.window_blocks * bs)
             cos_k, sin_k = self.rotary.cos_sin(torch.arange(k.shape[0], device=k.device))
             k_raw = unrope(k.float(), cos_k[:, None, :], sin_k[:, None, :])
         # -- select per query block: true-position scoring, or remote scoring on raw summaries --

@@ -22,6 +22,7 @@ class RotaryEmbedding(torch.nn.Module):
         self._last_positions: torch.Tensor | None = None
         self._last_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
         self._page_tables: tuple[torch.Tensor, ...] | None = None
+        self._fixed: tuple | None = None  # ((distance, device), (cos, sin)) of at_distance
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (...,) -> cos, sin (..., D) in float32 (angles in float64: exact at 1M positions)."""
@@ -44,7 +45,19 @@ class RotaryEmbedding(torch.nn.Module):
         # NOTE: every layer rotates q and k at the same positions tensor: compute its angles once per step
         if positions is not self._last_positions:
             self._last_positions, self._last_cos_sin = positions, self.cos_sin(positions)
-        cos, sin = self._last_cos_sin
+        return self._rotate(x, *self._last_cos_sin)
+
+    def at_distance(self, x: torch.Tensor, distance: int) -> torch.Tensor:
+        """x: (T, heads, D) -> every token rotated by the one angle of `distance` positions (remap's remote query,
+        msa.md); the angle is computed once per distance, shared by every layer and step."""
+        key = (distance, x.device)
+        if self._fixed is None or self._fixed[0] != key:
+            self._fixed = (key, self.cos_sin(torch.full((1,), distance, device=x.device)))
+        cos, sin = self._fixed[1]
+        return self._rotate(x, cos.expand(x.shape[0], -1), sin.expand(x.shape[0], -1))
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         if triton_ops.use_kernels(x):
             return triton_ops.kernels().rope(x, cos, sin)
         return rope_ref(x, cos, sin)

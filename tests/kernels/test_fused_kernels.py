@@ -78,6 +78,11 @@ def test_rope(device, shape, dtype):
     assert_bar(out, fused_ref.rope_ref(x.to(dtype), cos, sin), fused_ref.rope_ref(x, cos, sin))
     if dtype == F32 and device == "cpu":  # products and sums round as torch's separate ops do
         assert torch.equal(out, fused_ref.rope_ref(x, cos, sin))
+    if num_tokens > 0:  # one angle for every token (remap's remote query): cos/sin broadcast with row stride 0
+        c1, s1 = cos[:1].expand(num_tokens, -1), sin[:1].expand(num_tokens, -1)
+        out = fused.rope(x.to(dtype), c1, s1)
+        assert_bar(out, fused_ref.rope_ref(x.to(dtype), c1, s1), fused_ref.rope_ref(x, c1, s1))
+        assert torch.equal(out, fused.rope(x.to(dtype), c1.contiguous(), s1.contiguous()))
 
 
 @pytest.mark.parametrize("device", DEVICES)
