@@ -12,10 +12,12 @@ summaries and scores its remote pages with q_remote against keys whose RoPE is u
 """
 
 import functools
+import os
 
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 
 from m3.kernels.msa_select import LOG2E, _check_summaries, _dot, _low_ids, _pack_keys, _summary_logits
 from m3.kernels.paged_ref import num_decode_pages, num_selected
@@ -39,15 +41,29 @@ def _counters(device: torch.device, n: int) -> torch.Tensor:
 
 
 @triton.jit
+def _wait_prior_grid():
+    """griddepcontrol.wait (programmatic dependent launch: the kernel this one overlaps has finished and its writes are
+    visible); returns 0, to be added to the addresses of the loads that must follow it."""
+    return tl.inline_asm_elementwise(
+        "griddepcontrol.wait;\n mov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False, pack=1
+    )
+
+
+@triton.jit
 def _decode_scores_kernel(
     Q, KMEAN, KMIN, KMAX, BT, SEQ_LENS, SC, PM, PL,
     stride_qb, stride_qh, stride_sb, stride_sh, stride_bt, stride_scb, stride_sch, stride_scg,
     dense_below, head_dim, qk_scale,
     G: tl.constexpr, S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, SCORE_SPLIT: tl.constexpr,
     NUM_SCORE_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr,
+    IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
-    b = tl.program_id(0)
+    zero = tl.program_id(0) * 0
+    if USE_PDL:
+        # first of the chain: wait for the previous kernel, then let the top-k kernel launch (it waits for this one)
+        zero = _wait_prior_grid()
+        gdc_launch_dependents()
+    b = tl.program_id(0) + zero  # (every load below depends on the wait)
     h = tl.program_id(1)
     c = tl.program_id(2)
     seq_len = tl.load(SEQ_LENS + b)
@@ -143,7 +159,12 @@ def _decode_topk_kernel(
     NUM_PAGES: tl.constexpr, TOPK_SPLIT: tl.constexpr, NUM_SCORE_SPLITS: tl.constexpr,
     NUM_TOPK_SPLITS: tl.constexpr, BLOCK_SCORE_SPLITS: tl.constexpr, BLOCK_TOPK_SPLITS: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_SEL: tl.constexpr,
+    USE_PDL: tl.constexpr, LATE_TRIGGER: tl.constexpr,
 ):  # fmt: skip
+    if USE_PDL:
+        if not LATE_TRIGGER:
+            # the attention kernel may start now: it attends the pages known without the selection until it waits
+            gdc_launch_dependents()
     b = tl.program_id(0)
     h = tl.program_id(1)
     c = tl.program_id(2)
@@ -152,7 +173,12 @@ def _decode_topk_kernel(
     i = tl.maximum(seq_len - 1, 0) // S
     lo = SINK + c * TOPK_SPLIT
     end = tl.where(is_msa, tl.minimum(i - WINDOW, lo + TOPK_SPLIT), lo)
-    bh = b * tl.num_programs(1) + h
+    zero = i * 0
+    if USE_PDL:
+        zero = _wait_prior_grid()  # the scores and partials of _decode_scores_kernel: their loads depend on the wait
+        if LATE_TRIGGER:
+            gdc_launch_dependents()
+    bh = b * tl.num_programs(1) + h + zero
     # -- each head's log-sum-exp over all candidates, from the score-split partials --
     cs = tl.arange(0, BLOCK_SCORE_SPLITS)
     g = tl.arange(0, BLOCK_G)
@@ -168,7 +194,7 @@ def _decode_topk_kernel(
     jj = lo + tl.arange(0, TOPK_SPLIT)
     jm = jj < end
     valid = (gp < G)[:, None] & jm[None, :]
-    sc_row = SC + b.to(tl.int64) * stride_scb + h * stride_sch + gp[:, None] * stride_scg
+    sc_row = SC + b.to(tl.int64) * stride_scb + (h + zero) * stride_sch + gp[:, None] * stride_scg
     s = tl.load(sc_row + jj[None, :], mask=valid, other=float("-inf"))
     p = tl.where(valid, tl.math.exp2(s - lse[:, None]), 0.0)
     top = tl.topk(_pack_keys(tl.sum(p, axis=0), jj, jm), BLOCK_K)  # best first
@@ -222,6 +248,47 @@ def _remote_rows(qr1, qr2, k1_ptrs, j, s_r, PCOS, PSIN, OCOS, OSIN, HALF: tl.con
 
 
 @triton.jit
+def _known_pages(pidx, n_sink, w_lo, n_win, i, is_msa):
+    """Logical pages at positions pidx of the part of a page list that needs no selection: sinks, window, current
+    block (an MSA row, as _store_pages orders them) or blocks 0..i (a dense row)."""
+    msa = tl.where(pidx < n_sink, pidx, tl.where(pidx < n_sink + n_win, w_lo + pidx - n_sink, i))
+    return tl.where(is_msa, msa, pidx)
+
+
+@triton.jit
+def _attend_rows(
+    acc, m_i, l_i, q, qr1, qr2, j, s_r, d, dm, K_CACHE, V_CACHE, bt_row, h, seq_len, i, qk_scale, is_remap,
+    PCOS, PSIN, OCOS, OSIN, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    S: tl.constexpr, HALF: tl.constexpr, IS_FP32: tl.constexpr, REMAP: tl.constexpr, WINDOW: tl.constexpr,
+):  # fmt: skip
+    """Online softmax of the query rows over key rows: row r is key s_r[r] of logical page j[r] (-1: none)."""
+    phys = tl.load(bt_row + tl.maximum(j, 0)).to(tl.int64)
+    # NOTE: the current page is partial: keys past seq_len are unwritten (possibly NaN), so zero them
+    kv_ok = (j >= 0) & (j * S + s_r < seq_len)
+    mask = kv_ok[:, None] & dm[None, :]
+    k_ptrs = K_CACHE + phys[:, None] * stride_kb + s_r[:, None] * stride_ks + h * stride_kh
+    v = tl.load(V_CACHE + phys[:, None] * stride_vb + s_r[:, None] * stride_vs + h * stride_vh + d[None, :],
+                mask=mask, other=0.0)  # fmt: skip
+    s = _dot(q, tl.trans(tl.load(k_ptrs + d[None, :], mask=mask, other=0.0)), IS_FP32)
+    if REMAP:
+        # remote pages (full, before the window): remapped query against keys with RoPE undone
+        # NOTE: computing only the scores a step needs (remote pages come first) nests ifs that Triton 3.6 fails
+        # to compile (PassManager::run failed on the H200); both are computed where a row remaps
+        if is_remap:
+            e = tl.arange(0, HALF)
+            remote = (j >= 0) & (j < i - WINDOW)
+            far = _remote_rows(qr1, qr2, k_ptrs + e[None, :], j, s_r, PCOS, PSIN, OCOS, OSIN, HALF, IS_FP32)
+            s = tl.where(remote[None, :], far, s)
+    s = tl.where(kv_ok[None, :], s * qk_scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IS_FP32)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _decode_attn_kernel(
     Q, K_CACHE, V_CACHE, BT, PAGES, SEQ_LENS, PO, PLSE, CNT, OUT, QR, PCOS, PSIN, OCOS, OSIN,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
@@ -230,6 +297,7 @@ def _decode_attn_kernel(
     G: tl.constexpr, S: tl.constexpr, NUM_PAGES: tl.constexpr, MSA_PAGES: tl.constexpr, CHUNK: tl.constexpr,
     NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_GP: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, IS_FP32: tl.constexpr, REMAP: tl.constexpr, WINDOW: tl.constexpr,
+    FORCED: tl.constexpr, SINK: tl.constexpr, SEL_WINDOW: tl.constexpr, TOPK: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -237,13 +305,32 @@ def _decode_attn_kernel(
     seq_len = tl.load(SEQ_LENS + b)
     i = tl.maximum(seq_len - 1, 0) // S
     row = PAGES + b.to(tl.int64) * stride_pb + h * stride_ph
-    # -- lists are packed: a dense row lists blocks 0..i, an MSA row at most MSA_PAGES; split this row's share evenly
-    # over the NUM_SPLITS programs, CHUNK pages per step --
-    n_valid = tl.where(seq_len > 0, tl.where(seq_len - 1 < dense_below, i + 1, MSA_PAGES), 0)
-    n_valid = tl.minimum(n_valid, NUM_PAGES)
-    per = tl.cdiv(tl.cdiv(n_valid, NUM_SPLITS), CHUNK) * CHUNK
-    start = c * per
-    stop = tl.minimum(start + per, n_valid)
+    is_msa = (seq_len > 0) & (seq_len - 1 >= dense_below)
+    # -- a row's work: n_known pages that need no selection, then n_listed read from the list (from list_at on).
+    # FORCED (lists written by _store_pages): an MSA row's sinks, window and current block are known from seq_len
+    # alone, so they are attended before waiting for the selection (programmatic dependent launch); only the chosen
+    # blocks come from the list. Otherwise every page comes from the (packed) list: 0..i for a dense row, at most
+    # MSA_PAGES for an MSA row. The row's CHUNK-page steps are divided evenly over the NUM_SPLITS programs --
+    if FORCED:
+        n_sink = tl.minimum(i, SINK)
+        w_lo = tl.maximum(i - SEL_WINDOW, SINK)
+        n_win = tl.maximum(i - w_lo, 0)
+        n_known = tl.where(seq_len > 0, tl.where(is_msa, n_sink + n_win + 1, tl.minimum(i + 1, NUM_PAGES)), 0)
+        n_listed = tl.where(is_msa, tl.minimum(TOPK, tl.maximum(i - SEL_WINDOW - SINK, 0)), 0)
+        list_at = n_sink
+    else:
+        n_sink = i * 0
+        w_lo = n_sink
+        n_win = n_sink
+        n_known = n_sink
+        n_listed = tl.where(seq_len > 0, tl.where(is_msa, MSA_PAGES, i + 1), 0)
+        n_listed = tl.minimum(n_listed, NUM_PAGES)
+        list_at = n_sink
+    n_kc = tl.cdiv(n_known, CHUNK)
+    total = n_kc + tl.cdiv(n_listed, CHUNK)
+    per = tl.cdiv(total, NUM_SPLITS)
+    u0 = c * per
+    u1 = tl.minimum(u0 + per, total)
     g = tl.arange(0, BLOCK_G)
     gm = g < G
     d = tl.arange(0, BLOCK_D)
@@ -261,39 +348,38 @@ def _decode_attn_kernel(
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     HALF: tl.constexpr = BLOCK_D // 2
+    qr1 = q  # (placeholders without REMAP)
+    qr2 = q
+    is_remap = is_msa & False
     if REMAP:
         e = tl.arange(0, HALF)
         qr_ptr = QR + b.to(tl.int64) * stride_rb + (h * G + g)[:, None] * stride_rh + e[None, :]
         qr1 = tl.load(qr_ptr, mask=gm[:, None], other=0.0)
         qr2 = tl.load(qr_ptr + HALF, mask=gm[:, None], other=0.0)
-        is_remap = (i >= remap_from) & (seq_len - 1 >= dense_below)  # a dense row keeps true positions
-    for it in range(start, stop, CHUNK):
-        pidx = it + page_of
-        j = tl.load(row + pidx, mask=pidx < stop, other=-1)  # (CHUNK * S,) logical page of each row
-        phys = tl.load(bt_row + tl.maximum(j, 0)).to(tl.int64)
-        # NOTE: the current page is partial: keys past seq_len are unwritten (possibly NaN), so zero them
-        kv_ok = (j >= 0) & (j * S + s_r < seq_len)
-        mask = kv_ok[:, None] & dm[None, :]
-        k_ptrs = K_CACHE + phys[:, None] * stride_kb + s_r[:, None] * stride_ks + h * stride_kh
-        v = tl.load(V_CACHE + phys[:, None] * stride_vb + s_r[:, None] * stride_vs + h * stride_vh + d[None, :],
-                    mask=mask, other=0.0)  # fmt: skip
-        s = _dot(q, tl.trans(tl.load(k_ptrs + d[None, :], mask=mask, other=0.0)), IS_FP32)
-        if REMAP:
-            # remote pages (full, before the window): remapped query against keys with RoPE undone
-            # NOTE: computing only the scores a step needs (remote pages come first) nests ifs that Triton 3.6 fails
-            # to compile (PassManager::run failed on the H200); both are computed where a row remaps
-            if is_remap:
-                remote = (j >= 0) & (j < i - WINDOW)
-                far = _remote_rows(qr1, qr2, k_ptrs + e[None, :], j, s_r, PCOS, PSIN, OCOS, OSIN, HALF, IS_FP32)
-                s = tl.where(remote[None, :], far, s)
-        s = tl.where(kv_ok[None, :], s * qk_scale, float("-inf"))
-        # -- online softmax update --
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IS_FP32)
-        m_i = m_new
+        is_remap = (i >= remap_from) & is_msa  # a dense row keeps true positions
+    # -- pages known without the selection --
+    for u in range(u0, tl.minimum(u1, n_kc)):
+        pk = u * CHUNK + page_of
+        j = tl.where(pk < n_known, _known_pages(pk, n_sink, w_lo, n_win, i, is_msa), -1)
+        acc, m_i, l_i = _attend_rows(
+            acc, m_i, l_i, q, qr1, qr2, j, s_r, d, dm, K_CACHE, V_CACHE, bt_row, h, seq_len, i, qk_scale, is_remap,
+            PCOS, PSIN, OCOS, OSIN, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+            S, HALF, IS_FP32, REMAP, WINDOW,
+        )  # fmt: skip
+    # -- pages from the list: with programmatic dependent launch, once the kernel that writes it has finished (every
+    # program waits, so this grid ends after it). NOTE: the wait returns 0, added to the list offsets: Triton's
+    # pipeliner issues a loop's first loads ahead of the loop, and a wait inside the loop let stale lists through --
+    zero = i * 0
+    if USE_PDL:
+        zero = _wait_prior_grid()
+    for u in range(tl.maximum(u0, n_kc), u1):
+        pl = (u - n_kc) * CHUNK + page_of
+        j = tl.load(row + zero + list_at + pl, mask=pl < n_listed, other=-1)
+        acc, m_i, l_i = _attend_rows(
+            acc, m_i, l_i, q, qr1, qr2, j, s_r, d, dm, K_CACHE, V_CACHE, bt_row, h, seq_len, i, qk_scale, is_remap,
+            PCOS, PSIN, OCOS, OSIN, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+            S, HALF, IS_FP32, REMAP, WINDOW,
+        )  # fmt: skip
     has = l_i > 0
     o = tl.where(has[:, None], acc / tl.where(has, l_i, 1.0)[:, None], 0.0)
     lse = tl.where(has, m_i + tl.math.log2(tl.where(has, l_i, 1.0)), float("-inf"))
@@ -343,6 +429,20 @@ def _combine(
 
 
 @functools.lru_cache
+def pdl_supported(device: torch.device) -> bool:
+    """Programmatic dependent launch (sm_90+): a kernel of the decode chain starts while the one before it finishes;
+    M3_PDL=0 turns it off (the kernels then run one after another, as on older GPUs and in the interpreter)."""
+    if device.type != "cuda" or os.environ.get("M3_PDL", "1") == "0":
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _pdl(device: torch.device, on: bool = True) -> dict:
+    use = on and pdl_supported(device)
+    return dict(USE_PDL=use, launch_pdl=use)
+
+
+@functools.lru_cache
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 132
@@ -364,14 +464,18 @@ def msa_decode_select(
     score: str,
     dense_below: int,
     remap: Remap | None = None,
+    scratch: list | None = None,
 ) -> torch.Tensor:
     """Page list of one decode step (twin of paged_ref.msa_decode_select_ref).
 
     q: (B, H, D) post-RoPE; kmean/kmin/kmax (NB, Hkv, D); block_tables (B, max_blocks) int32; seq_lens (B,) int32
     including the new token. Returns pages (B, Hkv, KD) int32, KD = paged_ref.num_decode_pages(...).
+    scratch (internal): receives the launches' scratch buffers. A kernel launched next with programmatic dependent
+    launch runs while the selection still reads them, so the caller must hold them until that kernel is launched
+    (once freed, the caching allocator hands their memory to the next allocation on the stream).
     """
     knobs = dict(block_size=block_size, sink_blocks=sink_blocks, window_blocks=window_blocks, topk_blocks=topk_blocks,
-                 score=score, dense_below=dense_below)  # fmt: skip
+                 score=score, dense_below=dense_below, scratch=scratch)  # fmt: skip
     if remap is None:  # (no query-block arithmetic: two elementwise launches per step)
         return _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, **knobs)
     query_blocks = torch.div(seq_lens - 1, block_size, rounding_mode="floor")
@@ -382,7 +486,7 @@ def msa_decode_select(
 
 
 def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, sink_blocks, window_blocks,
-                   topk_blocks, score, dense_below) -> torch.Tensor:  # fmt: skip
+                   topk_blocks, score, dense_below, scratch=None) -> torch.Tensor:  # fmt: skip
     num_seqs, num_heads, head_dim = q.shape
     num_kv_heads = kmean.shape[1]
     group = num_heads // num_kv_heads
@@ -413,6 +517,8 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
     scores = torch.empty(num_seqs, num_kv_heads, group, max_blocks, dtype=torch.float32, device=q.device)
     part_m = torch.empty(num_seqs, num_kv_heads, num_score_splits, block_g, dtype=torch.float32, device=q.device)
     part_l = torch.empty_like(part_m)
+    if scratch is not None:
+        scratch += [keys, scores, part_m, part_l]
     common = dict(G=group, S=block_size, SINK=sink_blocks, WINDOW=window_blocks, BLOCK_G=block_g)
     _decode_scores_kernel[(num_seqs, num_kv_heads, num_score_splits)](
         q, kmean, kmin, kmax, block_tables, seq_lens, scores, part_m, part_l,
@@ -421,7 +527,7 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
         dense_below, head_dim, LOG2E / head_dim**0.5,
         SCORE_SPLIT=score_split, NUM_SCORE_SPLITS=num_score_splits, BLOCK_N=min(_SCORE_BLOCK_N, score_split),
         BLOCK_D=triton.next_power_of_2(head_dim), IS_BOUND=score == "bound", IS_FP32=q.dtype == torch.float32,
-        num_stages=2, **common,
+        num_stages=2, **common, **_pdl(q.device),
     )  # fmt: skip
     _decode_topk_kernel[(num_seqs, num_kv_heads, num_topk_splits)](
         scores, part_m, part_l, seq_lens, keys, counters, pages,
@@ -430,7 +536,8 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
         TOPK=topk_blocks, NUM_PAGES=num_pages, TOPK_SPLIT=topk_split, NUM_SCORE_SPLITS=num_score_splits,
         NUM_TOPK_SPLITS=num_topk_splits, BLOCK_SCORE_SPLITS=triton.next_power_of_2(num_score_splits),
         BLOCK_TOPK_SPLITS=triton.next_power_of_2(num_topk_splits), BLOCK_GP=triton.next_power_of_2(group),
-        BLOCK_K=block_k, BLOCK_SEL=block_sel, num_warps=8 if topk_split >= 1024 else 4, **common,
+        BLOCK_K=block_k, BLOCK_SEL=block_sel, num_warps=8 if topk_split >= 1024 else 4, **common, **_pdl(q.device),
+        LATE_TRIGGER=os.environ.get("M3_PDL") == "late",
     )  # fmt: skip
     return pages
 
@@ -453,11 +560,14 @@ def msa_decode_sparse(
     dense_below: int = 0,
     remap: Remap | None = None,
     max_msa_pages: int | None = None,
+    forced: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """Split-KV paged attention of one query token per sequence over its page list (twin of
     paged_ref.msa_decode_sparse_ref). q (B, H, D), pages (B, Hkv, KD) int32 -> o (B, H, D); zeros where seq_len <= 0.
     Lists are packed (-1 after the last page): a dense row lists blocks 0..i; an MSA row at most max_msa_pages
-    (default KD), so only that prefix is read."""
+    (default KD), so only that prefix is read.
+    forced=(sink_blocks, window_blocks, topk_blocks) (internal, lists from _decode_select): the pages that need no
+    selection are derived from seq_lens, and on sm_90+ they are attended while the selection kernels still run."""
     num_seqs, num_heads, head_dim = q.shape
     num_blocks, block_size, num_kv_heads, _ = k_cache.shape
     group = num_heads // num_kv_heads
@@ -479,8 +589,11 @@ def msa_decode_sparse(
     block_d = triton.next_power_of_2(head_dim)
     part_o = torch.empty(num_seqs, num_kv_heads, num_splits, block_gp, block_d, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(num_seqs, num_kv_heads, num_splits, block_gp, dtype=torch.float32, device=q.device)
-    counters = _counters(q.device, num_seqs * num_kv_heads)
+    # counters apart from the top-k kernel's: with programmatic dependent launch the two kernels overlap
+    n_bh = num_seqs * num_kv_heads
+    counters = _counters(q.device, 2 * n_bh)[n_bh:]
     qr, tables, remap_from, window = remap_inputs(remap, q, block_size)
+    sink, sel_window, topk = forced or (0, 0, 0)
     _decode_attn_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, pages, seq_lens, part_o, part_lse, counters, o, qr, *tables,
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
@@ -490,7 +603,9 @@ def msa_decode_sparse(
         G=group, S=block_size, NUM_PAGES=num_pages, MSA_PAGES=msa_pages, CHUNK=chunk, NUM_SPLITS=num_splits,
         BLOCK_G=block_g, BLOCK_GP=block_gp, BLOCK_D=block_d,
         BLOCK_C=max(1, min(triton.next_power_of_2(num_splits), _COMBINE_ELEMS // (block_gp * block_d))),
-        IS_FP32=q.dtype == torch.float32, REMAP=remap is not None, WINDOW=window, num_warps=4, num_stages=2,
+        IS_FP32=q.dtype == torch.float32, REMAP=remap is not None, WINDOW=window,
+        FORCED=forced is not None, SINK=sink, SEL_WINDOW=sel_window, TOPK=topk, **_pdl(q.device, forced is not None),
+        num_warps=4, num_stages=2,
     )  # fmt: skip
     return o
 
@@ -522,10 +637,13 @@ def msa_decode_attention(
     remap: remapped positions (remap.py) for sequences whose query block is >= remap.from_block.
     """
     assert k_cache.shape[1] == block_size
+    scratch = []  # held until the attention kernel, which overlaps the selection kernels, is launched
     pages = msa_decode_select(
         q, kmean, kmin, kmax, block_tables, seq_lens, block_size=block_size, sink_blocks=sink_blocks,
         window_blocks=window_blocks, topk_blocks=topk_blocks, score=score, dense_below=dense_below, remap=remap,
+        scratch=scratch,
     )  # fmt: skip
     o = msa_decode_sparse(q, k_cache, v_cache, block_tables, seq_lens, pages, dense_below=dense_below, remap=remap,
-                          max_msa_pages=num_selected(sink_blocks, window_blocks, topk_blocks))  # fmt: skip
+                          forced=(sink_blocks, window_blocks, topk_blocks))  # fmt: skip
+    del scratch
     return (o, pages) if return_sel else o

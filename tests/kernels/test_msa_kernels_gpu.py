@@ -19,7 +19,7 @@ pytestmark = [
 BF16, F16 = torch.bfloat16, torch.float16
 SPECS = [(0, 1000), (512, 300), (0, 37), (128, 200), (700, 1), (0, 0)]  # (cached before the step, query tokens)
 KNOBS = dict(block_size=64, sink_blocks=1, window_blocks=3, topk_blocks=4, score="bound", dense_below=300)
-DECODE_SPECS = [(20000, 1), (0, 0), (2, 1), (63, 1), (64, 1), (4999, 1), (129, 1), (300, 1), (0, 1)]
+DECODE_SPECS = [(20000, 1), (0, 0), (2, 1), (63, 1), (64, 1), (4999, 1), (129, 1), (300, 1), (0, 1), (2000, 1)]
 DEFAULTS = dict(block_size=64, sink_blocks=1, window_blocks=16, topk_blocks=32, score="bound", dense_below=1024)
 
 
@@ -113,6 +113,41 @@ def test_decode_cuda_graph():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, msa_decode_attention(*args(), **knobs))
+
+
+def test_decode_overlapped_launches_equal_serial(monkeypatch):
+    # programmatic dependent launch: the attention kernel attends sinks and window while the selection kernels run;
+    # the result must equal the same kernels run one after another (M3_PDL=0), eager and from a CUDA graph, over
+    # several steps with new queries (a scratch buffer the selection still reads, reused too early, broke this once)
+    from m3.kernels import msa_decode
+
+    if not msa_decode.pdl_supported(torch.device("cuda")):
+        pytest.skip("programmatic dependent launch needs sm_90+")
+    batch = make_batch(DECODE_SPECS + [(70_000, 1)], num_kv_heads=8, group=4, head_dim=128, block_size=64,
+                       dtype=BF16, device="cuda", decode=True)  # fmt: skip
+    knobs = {**DEFAULTS, "dense_below": 256}
+    q = batch.q.clone()
+    args = (q, batch.k_cache, batch.v_cache, batch.kmean, batch.kmin, batch.kmax, batch.block_tables, batch.seq_lens)
+
+    def serial():
+        monkeypatch.setattr(msa_decode, "pdl_supported", lambda device: False)
+        out = msa_decode.msa_decode_attention(*args, **knobs)
+        monkeypatch.undo()
+        return out
+
+    graph = torch.cuda.CUDAGraph()
+    msa_decode.msa_decode_attention(*args, **knobs)
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        out = msa_decode.msa_decode_attention(*args, **knobs)
+    for step in range(4):
+        q.copy_(torch.randn_like(q))
+        graph.replay()
+        eager = msa_decode.msa_decode_attention(*args, **knobs)
+        expect = serial()
+        torch.cuda.synchronize()
+        assert torch.equal(eager, expect), step
+        assert torch.equal(out, expect), step
 
 
 REMAP_CASES = [(1, F16, 128, 0), (4, BF16, 128, 0), (5, F16, 64, 3), (8, BF16, 64, 6)]  # (G, dtype, D, from_block)

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reaso
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 SPECS = [(0, 150), (32, 70), (0, 9), (64, 64), (100, 1), (0, 0)]  # (cached before the step, query tokens)
 KNOBS = dict(block_size=16, sink_blocks=1, window_blocks=2, topk_blocks=3, score="bound", dense_below=40)
-DECODE_SPECS = [(299, 1), (0, 0), (5, 1), (40, 1), (150, 1), (47, 1), (15, 1)]
+# (cached, new); 80: fewer candidates than top-k
+DECODE_SPECS = [(299, 1), (0, 0), (5, 1), (40, 1), (150, 1), (47, 1), (15, 1), (80, 1)]
 
 
 @pytest.fixture(scope="module", autouse=True)
