@@ -161,9 +161,6 @@ def env_section(run: Run):
     run.data["machine"] = info
     run.data["shapes"] = dict(num_heads=H, num_kv_heads=HKV, head_dim=D, block_size=S, dtype="bfloat16", batch=1)
     run.data["knobs"] = KNOBS
-    from m3.kernels.msa_decode import pdl_supported
-
-    run.data["decode_pdl"] = pdl_supported(torch.device("cuda", 0))  # M3_PDL=0 turns it off
     # measured bf16 matmul ceiling, next to the 770 TFLOP/s anchor
     a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
     b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")

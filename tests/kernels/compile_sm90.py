@@ -23,7 +23,7 @@ SEEN: dict[tuple, bool] = {}
 
 
 def _compile_instead_of_run(self, *args, grid, warmup, **kwargs):
-    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion", "launch_pdl") if k in kwargs}
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in kwargs}
     bound = dict(zip(self.arg_names, args)) | kwargs
     signature, constexprs, attrs = {}, {}, {}
     for i, param in enumerate(self.params):
@@ -56,12 +56,9 @@ def _compile_instead_of_run(self, *args, grid, warmup, **kwargs):
 
 def main():
     JITFunction.run = _compile_instead_of_run
-    from m3.kernels import msa_decode
     from m3.kernels.fused import add_rms_norm, rms_norm, rope, silu_mul
     from m3.kernels.kv_cache import store_kv, summarize_blocks
     from m3.kernels.msa_decode import msa_decode_attention
-
-    msa_decode.pdl_supported = lambda device: True  # the decode chain as an sm_90 GPU launches it
     from m3.kernels.msa_prefill import msa_prefill_attention
 
     bf16 = torch.bfloat16

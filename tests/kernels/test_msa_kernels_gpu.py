@@ -115,41 +115,6 @@ def test_decode_cuda_graph():
     assert torch.equal(out, msa_decode_attention(*args(), **knobs))
 
 
-def test_decode_overlapped_launches_equal_serial(monkeypatch):
-    # programmatic dependent launch: the attention kernel attends sinks and window while the selection kernels run;
-    # the result must equal the same kernels run one after another (M3_PDL=0), eager and from a CUDA graph, over
-    # several steps with new queries (a scratch buffer the selection still reads, reused too early, broke this once)
-    from m3.kernels import msa_decode
-
-    if not msa_decode.pdl_supported(torch.device("cuda")):
-        pytest.skip("programmatic dependent launch needs sm_90+")
-    batch = make_batch(DECODE_SPECS + [(70_000, 1)], num_kv_heads=8, group=4, head_dim=128, block_size=64,
-                       dtype=BF16, device="cuda", decode=True)  # fmt: skip
-    knobs = {**DEFAULTS, "dense_below": 256}
-    q = batch.q.clone()
-    args = (q, batch.k_cache, batch.v_cache, batch.kmean, batch.kmin, batch.kmax, batch.block_tables, batch.seq_lens)
-
-    def serial():
-        monkeypatch.setattr(msa_decode, "pdl_supported", lambda device: False)
-        out = msa_decode.msa_decode_attention(*args, **knobs)
-        monkeypatch.undo()
-        return out
-
-    graph = torch.cuda.CUDAGraph()
-    msa_decode.msa_decode_attention(*args, **knobs)
-    torch.cuda.synchronize()
-    with torch.cuda.graph(graph):
-        out = msa_decode.msa_decode_attention(*args, **knobs)
-    for step in range(4):
-        q.copy_(torch.randn_like(q))
-        graph.replay()
-        eager = msa_decode.msa_decode_attention(*args, **knobs)
-        expect = serial()
-        torch.cuda.synchronize()
-        assert torch.equal(eager, expect), step
-        assert torch.equal(out, expect), step
-
-
 REMAP_CASES = [(1, F16, 128, 0), (4, BF16, 128, 0), (5, F16, 64, 3), (8, BF16, 64, 6)]  # (G, dtype, D, from_block)
 
 
