@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from m3.kernels.msa_prefill import _update
 from m3.kernels.msa_select import LOG2E, _check_summaries, _dot, _low_ids, _pack_keys, _summary_logits
 from m3.kernels.paged_ref import num_decode_pages, num_selected
 from m3.kernels.remap import Remap, remap_inputs, select_remapped
@@ -253,13 +254,7 @@ def _attend_rows(
             remote = (j >= 0) & (j < i - WINDOW)
             far = _remote_rows(qr1, qr2, k_ptrs + e[None, :], j, s_r, PCOS, PSIN, OCOS, OSIN, HALF, IS_FP32)
             s = tl.where(remote[None, :], far, s)
-    s = tl.where(kv_ok[None, :], s * qk_scale, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IS_FP32)
-    return acc, m_new, l_i
+    return _update(acc, m_i, l_i, tl.where(kv_ok[None, :], s * qk_scale, float("-inf")), v, IS_FP32)
 
 
 @triton.jit
