@@ -58,7 +58,7 @@ def main():
     JITFunction.run = _compile_instead_of_run
     from m3.kernels.fused import add_rms_norm, rms_norm, rope, silu_mul
     from m3.kernels.kv_cache import store_kv, summarize_blocks
-    from m3.kernels.msa_decode import msa_decode_attention
+    from m3.kernels.msa_decode import msa_decode_attention, msa_decode_sparse
     from m3.kernels.msa_prefill import msa_prefill_attention
 
     bf16 = torch.bfloat16
@@ -73,6 +73,8 @@ def main():
                        decode=True)  # fmt: skip
         msa_decode_attention(*d.decode_args(), **knobs)
         msa_decode_attention(*d.decode_args(), **{**knobs, "topk_blocks": 0, "dense_below": 1 << 30})
+        lists = torch.full((d.q.shape[0], 2, 50), -1, dtype=torch.int32)  # any lists: every page read from them
+        msa_decode_sparse(*d.decode_sparse_args(), lists, dense_below=256)
         if dtype != torch.float32:
             msa_prefill_attention(*b.attention_args(), **knobs, remap=make_remap(b, window_blocks=16, from_block=2))
             remap = make_remap(d, window_blocks=16, from_block=0, decode=True)

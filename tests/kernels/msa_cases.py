@@ -356,6 +356,20 @@ def check_prefill(
     return assert_flash_bar(o, ref32, lowp, "prefill")
 
 
+def check_decode_given_lists(batch: Batch, knobs: dict, remap: Remap | None = None):
+    """msa_decode_sparse on page lists from the reference selection (every page read from the list, as for lists
+    that do not come from msa_decode_select) vs naive attention over the same lists."""
+    from m3.kernels.msa_decode import msa_decode_sparse
+    from m3.kernels.paged_ref import msa_decode_select_ref
+
+    pages = msa_decode_select_ref(*batch.decode_select_args(), **knobs, remap=remap)
+    db = knobs["dense_below"]
+    o = msa_decode_sparse(*batch.decode_sparse_args(), pages.to(batch.q.device), dense_below=db, remap=remap)
+    ref32 = naive_decode(batch, pages, remap=remap, dense_below=db)
+    lowp = naive_decode(batch, pages, upcast=False, remap=remap, dense_below=db)
+    return assert_flash_bar(o, ref32, lowp, "decode given lists")
+
+
 def check_decode(batch: Batch, knobs: dict, exact: bool | None = None, remap: Remap | None = None):
     """Kernel decode (page lists + split-KV attention) vs the references; returns (kernel error, bar)."""
     from m3.kernels.msa_decode import msa_decode_attention

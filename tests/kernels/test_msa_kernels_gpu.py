@@ -7,7 +7,15 @@ import os
 
 import pytest
 import torch
-from msa_cases import check_decode, check_kv_cache, check_prefill, make_batch, make_remap, naive_prefill
+from msa_cases import (
+    check_decode,
+    check_decode_given_lists,
+    check_kv_cache,
+    check_prefill,
+    make_batch,
+    make_remap,
+    naive_prefill,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -113,6 +121,16 @@ def test_decode_cuda_graph():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, msa_decode_attention(*args(), **knobs))
+
+
+@pytest.mark.parametrize("remapped", [False, True])
+def test_decode_sparse_given_lists(remapped):
+    # lists not made by msa_decode_select: the kernel reads every page from them (msa_decode_sparse's public path)
+    batch = make_batch(DECODE_SPECS, num_kv_heads=2, group=4, head_dim=128, block_size=64, dtype=BF16, device="cuda",
+                       decode=True)  # fmt: skip
+    knobs = {**DEFAULTS, "dense_below": 256}
+    remap = make_remap(batch, window_blocks=16, from_block=3, decode=True) if remapped else None
+    check_decode_given_lists(batch, knobs, remap=remap)
 
 
 REMAP_CASES = [(1, F16, 128, 0), (4, BF16, 128, 0), (5, F16, 64, 3), (8, BF16, 64, 6)]  # (G, dtype, D, from_block)

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
-from msa_cases import check_decode, check_kv_cache, check_prefill, make_batch, make_remap  # noqa: E402
+from msa_cases import (  # noqa: E402
+    check_decode,
+    check_decode_given_lists,
+    check_kv_cache,
+    check_prefill,
+    make_batch,
+    make_remap,
+)
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="interpreter tests run without CUDA")
 
@@ -106,6 +113,15 @@ def test_decode_attention_splits(monkeypatch, splits):
         monkeypatch.setattr(msa_decode, "_COMBINE_ELEMS", 2 * 4 * 32)  # BLOCK_C = 2
     batch = make_batch(DECODE_SPECS + [(700, 1)], num_kv_heads=2, group=3, head_dim=32, block_size=16, decode=True)
     check_decode(batch, KNOBS)
+
+
+@pytest.mark.parametrize("remapped", [False, True])
+def test_decode_sparse_given_lists(remapped):
+    # lists not made by msa_decode_select: the kernel reads every page from them (msa_decode_sparse's public path)
+    batch = make_batch(DECODE_SPECS, num_kv_heads=2, group=4, head_dim=32, block_size=16, dtype=BF16, decode=True)
+    knobs = {**KNOBS, "window_blocks": 1, "dense_below": 45}
+    remap = make_remap(batch, window_blocks=1, from_block=2, decode=True) if remapped else None
+    check_decode_given_lists(batch, knobs, remap=remap)
 
 
 REMAP_CASES = [  # (G, dtype, window_blocks, dense_below, from_block): all rows remapped, or only later blocks
