@@ -263,7 +263,7 @@ def _decode_attn_kernel(
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_bt, stride_pb, stride_ph, stride_ob, stride_oh, stride_rb, stride_rh,
     head_dim, qk_scale, remap_from, dense_below,
-    G: tl.constexpr, S: tl.constexpr, NUM_PAGES: tl.constexpr, MSA_PAGES: tl.constexpr, CHUNK: tl.constexpr,
+    G: tl.constexpr, S: tl.constexpr, NUM_PAGES: tl.constexpr, CHUNK: tl.constexpr,
     NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_GP: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, IS_FP32: tl.constexpr, REMAP: tl.constexpr, WINDOW: tl.constexpr,
     FORCED: tl.constexpr, SINK: tl.constexpr, SEL_WINDOW: tl.constexpr, TOPK: tl.constexpr,
@@ -279,7 +279,7 @@ def _decode_attn_kernel(
     # FORCED (lists written by _store_pages): an MSA row's sinks, window and current block, and a dense row's 0..i,
     # follow from seq_len, so only the chosen blocks are read from the list (one dependent load fewer for the rest:
     # the kernel took 12.2 us at 1M x 1 on the H200, 13.2 when it read every page from the list, in the session-5 and
-    # session-4 runs). Otherwise every page comes from the (packed) list: 0..i for a dense row, at most MSA_PAGES for
+    # session-4 runs). Otherwise every page comes from the (packed) list: 0..i for a dense row, at most NUM_PAGES for
     # an MSA row. The row's CHUNK-page steps are divided evenly over the NUM_SPLITS programs --
     if FORCED:
         n_sink = tl.minimum(i, SINK)
@@ -293,7 +293,7 @@ def _decode_attn_kernel(
         w_lo = n_sink
         n_win = n_sink
         n_known = n_sink
-        n_listed = tl.where(seq_len > 0, tl.where(is_msa, MSA_PAGES, i + 1), 0)
+        n_listed = tl.where(seq_len > 0, tl.where(is_msa, NUM_PAGES, i + 1), 0)
         n_listed = tl.minimum(n_listed, NUM_PAGES)
         list_at = n_sink
     n_kc = tl.cdiv(n_known, CHUNK)
@@ -503,13 +503,11 @@ def msa_decode_sparse(
     *,
     dense_below: int = 0,
     remap: Remap | None = None,
-    max_msa_pages: int | None = None,
     forced: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """Split-KV paged attention of one query token per sequence over its page list (twin of
     paged_ref.msa_decode_sparse_ref). q (B, H, D), pages (B, Hkv, KD) int32 -> o (B, H, D); zeros where seq_len <= 0.
-    Lists are packed (-1 after the last page): a dense row lists blocks 0..i; an MSA row at most max_msa_pages
-    (default KD), so only that prefix is read.
+    Lists are packed (-1 after the last page): a dense row lists blocks 0..i, an MSA row at most KD entries.
     forced=(sink_blocks, window_blocks, topk_blocks) (internal, lists from _decode_select): the pages that need no
     selection are derived from seq_lens; only the chosen blocks are read from the list."""
     num_seqs, num_heads, head_dim = q.shape
@@ -525,7 +523,6 @@ def msa_decode_sparse(
     if num_seqs == 0:
         return o
     num_pages = pages.shape[2]
-    msa_pages = min(num_pages, max_msa_pages or num_pages)
     chunk = 2  # pages per step: 2 x S keys per load
     num_splits = decode_splits(num_seqs, num_kv_heads, triton.cdiv(num_pages, chunk), q.device)[1]
     block_g = max(16, triton.next_power_of_2(group))  # rows of the dot: at least 16
@@ -542,7 +539,7 @@ def msa_decode_sparse(
         block_tables.stride(0), pages.stride(0), pages.stride(1), o.stride(0), o.stride(1), qr.stride(0),
         qr.stride(1),
         head_dim, LOG2E / head_dim**0.5, remap_from, dense_below,
-        G=group, S=block_size, NUM_PAGES=num_pages, MSA_PAGES=msa_pages, CHUNK=chunk, NUM_SPLITS=num_splits,
+        G=group, S=block_size, NUM_PAGES=num_pages, CHUNK=chunk, NUM_SPLITS=num_splits,
         BLOCK_G=block_g, BLOCK_GP=block_gp, BLOCK_D=block_d,
         BLOCK_C=max(1, min(triton.next_power_of_2(num_splits), _COMBINE_ELEMS // (block_gp * block_d))),
         IS_FP32=q.dtype == torch.float32, REMAP=remap is not None, WINDOW=window,
