@@ -254,7 +254,7 @@ def _attend_rows(
             remote = (j >= 0) & (j < i - WINDOW)
             far = _remote_rows(qr1, qr2, k_ptrs + e[None, :], j, s_r, PCOS, PSIN, OCOS, OSIN, HALF, IS_FP32)
             s = tl.where(remote[None, :], far, s)
-    return _update(acc, m_i, l_i, tl.where(kv_ok[None, :], s * qk_scale, float("-inf")), v, IS_FP32)
+    return _update(acc, m_i, l_i, tl.where(kv_ok[None, :], s, float("-inf")), v, qk_scale, IS_FP32)
 
 
 @triton.jit

@@ -31,18 +31,19 @@ def _attend(
     else:
         k = tl.load(k_ptrs)
         v = tl.load(v_ptrs)
-    s = _dot(q, tl.trans(k), IS_FP32) * qk_scale  # (M, N)
+    s = _dot(q, tl.trans(k), IS_FP32)  # (M, N)
     if SCORE_MASK:
         s = tl.where(mask, s, float("-inf"))
-    return _update(acc, m_i, l_i, s, v, IS_FP32)
+    return _update(acc, m_i, l_i, s, v, qk_scale, IS_FP32)
 
 
 @triton.jit
-def _update(acc, m_i, l_i, s, v, IS_FP32: tl.constexpr):
-    """Online softmax update of (acc, m_i, l_i) with scores s (M, N) (log2 domain) and values v (N, D)."""
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+def _update(acc, m_i, l_i, s, v, qk_scale, IS_FP32: tl.constexpr):
+    """Online softmax update of (acc, m_i, l_i) (log2 domain) with raw scores s (M, N) (-inf: masked), scaled by
+    qk_scale > 0 inside the exponent (one FMA per score) and values v (N, D)."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
     alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(s - m_new[:, None])
+    p = tl.math.exp2(s * qk_scale - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IS_FP32)
     return acc, m_new, l_i
@@ -76,7 +77,7 @@ def _prefill_kernel(
     dense_below, head_dim, qk_scale, remap_from,
     G: tl.constexpr, S: tl.constexpr, NUM_SEL: tl.constexpr, N_MTILES: tl.constexpr, PAGES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SEL: tl.constexpr, EVEN_D: tl.constexpr,
-    IS_FP32: tl.constexpr, REMAP: tl.constexpr, WINDOW: tl.constexpr,
+    IS_FP32: tl.constexpr, REMAP: tl.constexpr, WINDOW: tl.constexpr, IDS_IN_REGS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -145,8 +146,8 @@ def _prefill_kernel(
                     s_true = _dot(q, tl.trans(k), IS_FP32)
                     s_far = remote_scores(qr1, qr2, K_CACHE + phys * stride_kb + kh_offs, j, s_idx, PCOS, PSIN, OCOS,
                                           OSIN, HALF, IS_FP32)  # fmt: skip
-                    s = tl.where(is_dense[:, None], s_true, s_far) * qk_scale
-                    acc, m_i, l_i = _update(acc, m_i, l_i, tl.where(visible, s, float("-inf")), v, IS_FP32)
+                    s = tl.where(is_dense[:, None], s_true, s_far)
+                    acc, m_i, l_i = _update(acc, m_i, l_i, tl.where(visible, s, float("-inf")), v, qk_scale, IS_FP32)
                 else:
                     acc, m_i, l_i = _attend(
                         acc, m_i, l_i, q, k_ptrs, v_ptrs, qk_scale, visible, dm[None, :], not EVEN_D, True, IS_FP32
@@ -170,15 +171,33 @@ def _prefill_kernel(
                     s_far = remote_scores(qr1, qr2, K_CACHE + phys * stride_kb + kh_offs, j, s_idx, PCOS, PSIN, OCOS,
                                           OSIN, HALF, IS_FP32)  # fmt: skip
                     v = tl.load(V_CACHE + phys * stride_vb + v_offs)
-                    acc, m_i, l_i = _update(acc, m_i, l_i, s_far * qk_scale, v, IS_FP32)
+                    acc, m_i, l_i = _update(acc, m_i, l_i, s_far, v, qk_scale, IS_FP32)
         # -- the rest at true positions, PAGES pages per step --
         n_true = num_full - first
         rows = tl.arange(0, PAGES * S)
         page = rows // S
         rk_offs = (rows % S)[:, None] * stride_ks + h * stride_kh + d[None, :]  # PAGES pages (PAGES * S, D)
         rv_offs = (rows % S)[:, None] * stride_vs + h * stride_vh + d[None, :]
+        if IDS_IN_REGS:
+            slot = tl.arange(0, BLOCK_SEL)
+            pv = tl.load(bt_row + sv, mask=sv >= 0, other=0)  # the physical page of every listed block
         for it in range(0, n_true // PAGES):
-            if PAGES == 1:
+            if IDS_IN_REGS:
+                # NOTE: no load in the loop but the pages': with the index chain (list -> table -> page) the pipeliner
+                # issued each page's loads one step ahead after a blocking index load, and waited for all of them at
+                # the top of the next step (TTGIR); with ids from registers the pages load two steps ahead
+                if PAGES == 1:
+                    phys = tl.sum(tl.where(slot == first + it, pv, 0), axis=0).to(tl.int64)
+                    k_ptrs = K_CACHE + phys * stride_kb + k_offs
+                    v_ptrs = V_CACHE + phys * stride_vb + v_offs
+                else:
+                    phys = page * 0
+                    for pg in tl.static_range(PAGES):
+                        ph = tl.sum(tl.where(slot == first + it * PAGES + pg, pv, 0), axis=0)
+                        phys = tl.where(page == pg, ph, phys)
+                    k_ptrs = K_CACHE + phys.to(tl.int64)[:, None] * stride_kb + rk_offs
+                    v_ptrs = V_CACHE + phys.to(tl.int64)[:, None] * stride_vb + rv_offs
+            elif PAGES == 1:
                 phys = tl.load(bt_row + tl.load(sel_row + first + it)).to(tl.int64)
                 k_ptrs = K_CACHE + phys * stride_kb + k_offs
                 v_ptrs = V_CACHE + phys * stride_vb + v_offs
@@ -224,12 +243,14 @@ def prefill_config(group: int, block_size: int, head_dim: int) -> dict:
         cost = {bm: triton.cdiv(rows, bm) * bm * (1.25 if bm == 64 else 1.0) for bm in sizes}
         block_m = min(cost, key=lambda bm: (cost[bm], -bm))
     if block_m == 256:
-        # three stages: 15.2 vs 15.7 ms at 128K, 126 ms attention at 1M (kernels-s3-h200 tuning record)
-        return dict(BLOCK_M=256, PAGES=1, num_warps=16, num_stages=3)
+        # three stages: 15.2 vs 15.7 ms at 128K, 126 ms attention at 1M (kernels-s3-h200 tuning record); page ids
+        # held in registers: 121.4-121.6 vs 123.1-124.7 ms at 1M in three A/B runs (kernel_ab records, session 6)
+        return dict(BLOCK_M=256, PAGES=1, num_warps=16, num_stages=3, IDS_IN_REGS=True)
     if block_m == 128 and head_dim <= 128:
         # two pages per step, two stages: 10% faster than one page at 128K on the H200 (kernels-h200 tuning record)
-        return dict(BLOCK_M=block_m, PAGES=2, num_warps=8, num_stages=2)
-    return dict(BLOCK_M=block_m, PAGES=1, num_warps=8 if block_m >= 128 else 4, num_stages=3 if head_dim <= 128 else 2)
+        return dict(BLOCK_M=block_m, PAGES=2, num_warps=8, num_stages=2, IDS_IN_REGS=False)
+    stages = 3 if head_dim <= 128 else 2
+    return dict(BLOCK_M=block_m, PAGES=1, num_warps=8 if block_m >= 128 else 4, num_stages=stages, IDS_IN_REGS=False)
 
 
 def prefill_sparse_rows(

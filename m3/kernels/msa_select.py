@@ -1,11 +1,12 @@
 """Triton MSA prefill block selection (msa.md "Prefill" steps 1-3) for every (query block, KV head) of a batch.
 
 Never materialises the (n/S)^2 block-score matrix: a program takes BLOCK_Q consecutive query blocks of one sequence
-and one KV head (rows = BLOCK_Q x G query heads, so summary loads are shared) and streams over the candidate blocks
-twice: pass 1 gets each head's log-sum-exp over the candidates, pass 2 scores sum_g exp(s_g - lse_g) and keeps a
-running top-k per query block of (score, block id) packed into int64 keys: a chunk with more than MERGE_AT new
-contenders in some row is merged by a bitonic half-cleaner (one sort), otherwise each contender replaces its row's
-current minimum (no sort; the common case once the set has filled, since candidates stream from the most recent).
+and one KV head (rows = BLOCK_Q x G query heads, so summary loads are shared) and streams over the candidate blocks;
+pass 1 (`_select_lse_kernel`, on tiles of its own size) gets each head's log-sum-exp over the candidates, pass 2
+(`_select_kernel`) scores sum_g exp(s_g - lse_g) and keeps a running top-k per query block of (score, block id)
+packed into int64 keys: a chunk with more than MERGE_AT new contenders in some row is merged by a bitonic
+half-cleaner (one sort), otherwise each contender replaces its row's current minimum (no sort; the common case once
+the set has filled, since candidates stream from the most recent).
 NOTE: the scoring dot runs on tensor cores with the mean query rounded to the cache dtype (the reference keeps it in
 float32), so near-ties may resolve differently; with a float32 cache it is exact.
 """
@@ -37,8 +38,18 @@ def _summary_logits(
     IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr,
 ):  # fmt: skip
     """Raw block logits (rows, BLOCK_N) of query rows against the summaries of logical blocks j (masked by jm)."""
-    phys = tl.load(bt_row + j, mask=jm, other=0).to(tl.int64)
-    offs = phys[:, None] * stride_sb + h * stride_sh + d[None, :]
+    return _page_logits(qa, qb, KMEAN, KMIN, KMAX, tl.load(bt_row + j, mask=jm, other=0), jm, h, d, dm, stride_sb,
+                        stride_sh, IS_BOUND, IS_FP32)  # fmt: skip
+
+
+@triton.jit
+def _page_logits(
+    qa, qb, KMEAN, KMIN, KMAX, phys, jm, h, d, dm,
+    stride_sb, stride_sh,
+    IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr,
+):  # fmt: skip
+    """_summary_logits given the physical blocks phys of the candidates."""
+    offs = phys.to(tl.int64)[:, None] * stride_sb + h * stride_sh + d[None, :]
     mask = jm[:, None] & dm[None, :]
     if IS_BOUND:
         # sum_d max(q_d*a_d, q_d*b_d) = max(q,0).kmax + min(q,0).kmin (msa.md): two dot products
@@ -105,9 +116,114 @@ def _qbar_kernel(
 
 
 @triton.jit
+def _tile(
+    QBAR, BT, TILE_W0, QB_SEQ, QB_ID, pid, h, b,
+    stride_bq, stride_bh, stride_bt, num_rows, head_dim,
+    G: tl.constexpr, WINDOW: tl.constexpr, SINK: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """A tile of the selection: BLOCK_Q consecutive query blocks of sequence b (candidates of block i are
+    SINK <= j < i - WINDOW); rows r = q * BLOCK_G + g are the G query heads of each block (padded to BLOCK_G)."""
+    w0 = tl.load(TILE_W0 + pid)
+    wq = w0 + tl.arange(0, BLOCK_Q)
+    ok_q = tl.load(QB_SEQ + wq, mask=wq < num_rows, other=-1) == b
+    i_q = tl.load(QB_ID + wq, mask=ok_q, other=0)
+    hi_q = tl.where(ok_q, i_q - WINDOW, SINK)
+    r = tl.arange(0, BLOCK_Q * BLOCK_G)
+    wr = w0 + r // BLOCK_G
+    g = r % BLOCK_G
+    ok_r = (tl.load(QB_SEQ + wr, mask=wr < num_rows, other=-1) == b) & (g < G)
+    hi_r = tl.where(ok_r, tl.load(QB_ID + wr, mask=ok_r, other=0) - WINDOW, SINK)
+    d = tl.arange(0, BLOCK_D)
+    qbar = tl.load(
+        QBAR + wr.to(tl.int64)[:, None] * stride_bq + (h * G + g)[:, None] * stride_bh + d[None, :],
+        mask=ok_r[:, None] & (d < head_dim)[None, :],
+        other=0.0,
+    )  # (BLOCK_Q * BLOCK_G, BLOCK_D) float32
+    return BT + b.to(tl.int64) * stride_bt, wq, ok_q, i_q, hi_q, wr, g, ok_r, hi_r, qbar, tl.max(hi_q)
+
+
+@triton.jit
+def _scoring_queries(qbar, KMEAN, KMIN, KMAX, IS_BOUND: tl.constexpr):
+    """The operands of the block logits: max(q,0), min(q,0) for the bound score, q for the mean score."""
+    if IS_BOUND:
+        qa = tl.maximum(qbar, 0.0).to(KMAX.dtype.element_ty)
+        qb = tl.minimum(qbar, 0.0).to(KMIN.dtype.element_ty)
+    else:
+        qa = qbar.to(KMEAN.dtype.element_ty)
+        qb = qa
+    return qa, qb
+
+
+@triton.jit
+def _chunk(bt_row, phys_n, c, j_hi, SINK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """Candidate chunk c (streamed from the most recent block back): its blocks j, jm = j >= SINK, their physical
+    blocks (loaded one chunk ahead: phys_n), the next chunk's, and whether the chunk needs row masks: only the first
+    chunks (rows' own ends: every valid row of the tile has hi_r >= j_hi - BLOCK_Q + 1) and the last (sinks)."""
+    j = j_hi - (c + 1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # NOTE: the next chunk's table entries load here and are used one step later: a load used at once stalled every
+    # step (31.7 vs 35.1 ms at 1M with the unmasked middle chunks and three stages, kernel_ab record)
+    phys_next = tl.load(bt_row + j - BLOCK_N, mask=j - BLOCK_N >= SINK, other=0)
+    edge = (c * BLOCK_N < BLOCK_Q) | (j_hi - (c + 1) * BLOCK_N < SINK)
+    return j, j >= SINK, phys_n, phys_next, edge
+
+
+@triton.jit
+def _lse_pass(
+    qa, qb, KMEAN, KMIN, KMAX, bt_row, h, hi_r, ok_r, j_hi, n_chunks, head_dim, qk_scale,
+    stride_sb, stride_sh,
+    SINK: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr,
+):  # fmt: skip
+    """Pass 1: each row's log-sum-exp over its candidates (log2 domain); +inf for padding rows (p = 0 in pass 2)."""
+    d = tl.arange(0, BLOCK_D)
+    dm = d < head_dim
+    m = tl.full([BLOCK_ROWS], -1.0e30, tl.float32)
+    l_sum = tl.zeros([BLOCK_ROWS], tl.float32)
+    jn = j_hi - BLOCK_N + tl.arange(0, BLOCK_N)
+    phys_n = tl.load(bt_row + jn, mask=tl.where(n_chunks > 0, jn >= SINK, False), other=0)
+    for c in range(0, n_chunks):
+        j, jm, phys, phys_n, edge = _chunk(bt_row, phys_n, c, j_hi, SINK, BLOCK_N, BLOCK_Q)
+        s = _page_logits(qa, qb, KMEAN, KMIN, KMAX, phys, jm, h, d, dm, stride_sb, stride_sh, IS_BOUND, IS_FP32)
+        s = s * qk_scale
+        if edge:
+            s = tl.where(jm[None, :] & (j[None, :] < hi_r[:, None]), s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        l_sum = l_sum * tl.math.exp2(m - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), axis=1)
+        m = m_new
+    return tl.where(ok_r, m + tl.math.log2(l_sum), float("inf"))
+
+
+@triton.jit
+def _select_lse_kernel(
+    QBAR, KMEAN, KMIN, KMAX, BT, LSE, TILE_SEQ, TILE_W0, QB_SEQ, QB_ID,
+    stride_bq, stride_bh, stride_sb, stride_sh, stride_bt, stride_lq,
+    num_rows, head_dim, qk_scale,
+    G: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr,
+):  # fmt: skip
+    """Pass 1 on its own (tiles of its own size): LSE (Qmax, H) float32."""
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.load(TILE_SEQ + pid)
+    if b < 0:
+        return
+    bt_row, wq, ok_q, i_q, hi_q, wr, g, ok_r, hi_r, qbar, j_hi = _tile(
+        QBAR, BT, TILE_W0, QB_SEQ, QB_ID, pid, h, b, stride_bq, stride_bh, stride_bt, num_rows, head_dim,
+        G, WINDOW, SINK, BLOCK_G, BLOCK_Q, BLOCK_D,
+    )  # fmt: skip
+    qa, qb = _scoring_queries(qbar, KMEAN, KMIN, KMAX, IS_BOUND)
+    n_chunks = tl.cdiv(tl.maximum(j_hi - SINK, 0), BLOCK_N)
+    lse = _lse_pass(qa, qb, KMEAN, KMIN, KMAX, bt_row, h, hi_r, ok_r, j_hi, n_chunks, head_dim, qk_scale,
+                    stride_sb, stride_sh, SINK, BLOCK_Q * BLOCK_G, BLOCK_Q, BLOCK_N, BLOCK_D, IS_BOUND,
+                    IS_FP32)  # fmt: skip
+    tl.store(LSE + wr.to(tl.int64) * stride_lq + h * G + g, lse, mask=ok_r)
+
+
+@triton.jit
 def _select_kernel(
-    QBAR, KMEAN, KMIN, KMAX, BT, SEL, TILE_SEQ, TILE_W0, QB_SEQ, QB_ID,
-    stride_bq, stride_bh, stride_sb, stride_sh, stride_bt, stride_selq, stride_selh,
+    QBAR, KMEAN, KMIN, KMAX, BT, SEL, LSE, TILE_SEQ, TILE_W0, QB_SEQ, QB_ID,
+    stride_bq, stride_bh, stride_sb, stride_sh, stride_bt, stride_selq, stride_selh, stride_lq,
     num_rows, head_dim, qk_scale,
     G: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, TOPK: tl.constexpr, NUM_SEL: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -119,59 +235,33 @@ def _select_kernel(
     b = tl.load(TILE_SEQ + pid)
     if b < 0:
         return
-    w0 = tl.load(TILE_W0 + pid)
-    bt_row = BT + b.to(tl.int64) * stride_bt
-    # -- the tile: BLOCK_Q consecutive query blocks of sequence b; candidates of block i are SINK <= j < i - WINDOW --
-    wq = w0 + tl.arange(0, BLOCK_Q)
-    ok_q = tl.load(QB_SEQ + wq, mask=wq < num_rows, other=-1) == b
-    i_q = tl.load(QB_ID + wq, mask=ok_q, other=0)
-    hi_q = tl.where(ok_q, i_q - WINDOW, SINK)
-    # rows r = q * BLOCK_G + g: the G query heads of each query block (padded to BLOCK_G)
-    r = tl.arange(0, BLOCK_Q * BLOCK_G)
-    wr = w0 + r // BLOCK_G
-    g = r % BLOCK_G
-    ok_r = (tl.load(QB_SEQ + wr, mask=wr < num_rows, other=-1) == b) & (g < G)
-    hi_r = tl.where(ok_r, tl.load(QB_ID + wr, mask=ok_r, other=0) - WINDOW, SINK)
+    bt_row, wq, ok_q, i_q, hi_q, wr, g, ok_r, hi_r, qbar, j_hi = _tile(
+        QBAR, BT, TILE_W0, QB_SEQ, QB_ID, pid, h, b, stride_bq, stride_bh, stride_bt, num_rows, head_dim,
+        G, WINDOW, SINK, BLOCK_G, BLOCK_Q, BLOCK_D,
+    )  # fmt: skip
+    qa, qb = _scoring_queries(qbar, KMEAN, KMIN, KMAX, IS_BOUND)
     d = tl.arange(0, BLOCK_D)
     dm = d < head_dim
-    qbar = tl.load(
-        QBAR + wr.to(tl.int64)[:, None] * stride_bq + (h * G + g)[:, None] * stride_bh + d[None, :],
-        mask=ok_r[:, None] & dm[None, :],
-        other=0.0,
-    )  # (BLOCK_Q * BLOCK_G, BLOCK_D) float32
-    if IS_BOUND:
-        qa = tl.maximum(qbar, 0.0).to(KMAX.dtype.element_ty)
-        qb = tl.minimum(qbar, 0.0).to(KMIN.dtype.element_ty)
-    else:
-        qa = qbar.to(KMEAN.dtype.element_ty)
-        qb = qa
-    j_hi = tl.max(hi_q)
     n_chunks = tl.cdiv(tl.maximum(j_hi - SINK, 0), BLOCK_N)
     if TOPK == 0:
         n_chunks = n_chunks * 0
-    # -- pass 1: each row's log-sum-exp over its candidates (log2 domain) --
-    m = tl.full([BLOCK_Q * BLOCK_G], -1.0e30, tl.float32)
-    l_sum = tl.zeros([BLOCK_Q * BLOCK_G], tl.float32)
-    for c in range(0, n_chunks):
-        # NOTE: chunks stream from the most recent candidate back, so the running top-k fills early with likely winners
-        j = j_hi - (c + 1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        jm = j >= SINK
-        s = _summary_logits(qa, qb, KMEAN, KMIN, KMAX, bt_row, j, jm, h, d, dm, stride_sb, stride_sh, IS_BOUND, IS_FP32)
-        s = tl.where(jm[None, :] & (j[None, :] < hi_r[:, None]), s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        l_sum = l_sum * tl.math.exp2(m - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), axis=1)
-        m = m_new
-    lse = m + tl.math.log2(l_sum)
+    lse = tl.full([BLOCK_Q * BLOCK_G], float("inf"), tl.float32)
+    if TOPK > 0:  # (pass 1, _select_lse_kernel: each row's log-sum-exp; +inf for padding rows)
+        lse = tl.load(LSE + wr.to(tl.int64) * stride_lq + h * G + g, mask=ok_r, other=float("inf"))
     # -- pass 2: probabilities summed over the group, streaming top-k per query block --
     run = tl.full([BLOCK_Q, BLOCK_K], -1, tl.int64)  # sorted descending
+    jn = j_hi - BLOCK_N + tl.arange(0, BLOCK_N)
+    phys_n = tl.load(bt_row + jn, mask=tl.where(n_chunks > 0, jn >= SINK, False), other=0)
     for c in range(0, n_chunks):
-        j = j_hi - (c + 1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        jm = j >= SINK
-        s = _summary_logits(qa, qb, KMEAN, KMIN, KMAX, bt_row, j, jm, h, d, dm, stride_sb, stride_sh, IS_BOUND, IS_FP32)
-        valid_r = jm[None, :] & (j[None, :] < hi_r[:, None])
-        p = tl.where(valid_r, tl.math.exp2(s * qk_scale - lse[:, None]), 0.0)
+        j, jm, phys, phys_n, edge = _chunk(bt_row, phys_n, c, j_hi, SINK, BLOCK_N, BLOCK_Q)
+        s = _page_logits(qa, qb, KMEAN, KMIN, KMAX, phys, jm, h, d, dm, stride_sb, stride_sh, IS_BOUND, IS_FP32)
+        p = tl.math.exp2(s * qk_scale - lse[:, None])  # padding rows: lse = +inf, p = 0
+        if edge:
+            p = tl.where(jm[None, :] & (j[None, :] < hi_r[:, None]), p, 0.0)
         pq = tl.sum(tl.reshape(p, [BLOCK_Q, BLOCK_G, BLOCK_N]), axis=1)  # (BLOCK_Q, BLOCK_N)
-        key = _pack_keys(pq, j[None, :], jm[None, :] & (j[None, :] < hi_q[:, None]))
+        key = _pack_keys(pq, j[None, :], True)
+        if edge:
+            key = tl.where(jm[None, :] & (j[None, :] < hi_q[:, None]), key, -1)
         # candidates that beat their row's current k-th best; keys are unique, so the set stays exact
         cand = tl.where(key > tl.min(run, axis=1)[:, None], key, -1)
         n_new = tl.max(tl.sum((cand >= 0).to(tl.int32), axis=1))
@@ -230,13 +320,27 @@ def _check_summaries(kmean, kmin, kmax, score: str):
     return kmin, kmax
 
 
+def _tiles(counts: torch.Tensor, num_rows: int, block_q: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tiles of block_q consecutive query blocks of one sequence, built on the device (no sync): (sequence, first
+    row) per tile, -1 for unused ones. A tile's work grows with its position (candidates = earlier blocks), so the
+    last tiles come first and the grid ends on short ones (35.8 vs 36.6 ms at 1M on the H200, session-4 experiment)."""
+    num_tiles = triton.cdiv(num_rows, block_q) + counts.shape[0]
+    tile_seq, tile_idx = segment_rows((counts + block_q - 1) // block_q, num_tiles)
+    row_start = torch.cumsum(counts, 0) - counts
+    tile_w0 = torch.where(tile_seq >= 0, row_start[tile_seq.clamp(min=0).long()] + tile_idx * block_q, -1).int()
+    return tile_seq.flip(0), tile_w0.flip(0)
+
+
 def select_config(group: int, topk_blocks: int) -> dict:
     """Tile sizes of the selection kernel: ~128 rows (query blocks x padded group) share each summary load."""
     block_g = triton.next_power_of_2(group)
     block_k = triton.next_power_of_2(max(topk_blocks, 1))
     block_q = max(1, min(32, 128 // block_g))
-    # NOTE: 8 warps even for small tiles: the (BLOCK_Q, BLOCK_N) int64 sorts spill registers with 4 on sm_90
-    return dict(BLOCK_Q=block_q, BLOCK_N=max(64, block_k), MERGE_AT=8, num_warps=8, num_stages=2)
+    # NOTE: 8 warps even for small tiles: the (BLOCK_Q, BLOCK_N) int64 sorts spill registers with 4 on sm_90.
+    # Three stages and pass 1 (log-sum-exp) in its own kernel on tiles of twice the query blocks: 31.3 ms at 1M on
+    # the H200 against 35.1 with the session-5 kernel (with the unmasked middle chunks; kernel_ab records, session 6)
+    return dict(BLOCK_Q=block_q, BLOCK_N=max(64, block_k), MERGE_AT=8, num_warps=8, num_stages=3,
+                LSE_BLOCK_Q=2 * block_q, LSE_WARPS=8, LSE_STAGES=3)  # fmt: skip
 
 
 def prefill_select_rows(
@@ -268,26 +372,31 @@ def prefill_select_rows(
         dense_below, head_dim,
         S=block_size, BLOCK_T=min(64, triton.next_power_of_2(block_size)), BLOCK_D=block_d,
     )  # fmt: skip
-    # -- tiles of BLOCK_Q consecutive query blocks of one sequence, built on the device (no sync) --
     cfg = {**select_config(group, topk_blocks), **(config or {})}
-    block_q = cfg.pop("BLOCK_Q")
+    block_q, lse_block_q = cfg.pop("BLOCK_Q"), cfg.pop("LSE_BLOCK_Q")
+    lse_launch = dict(num_warps=cfg.pop("LSE_WARPS"), num_stages=cfg.pop("LSE_STAGES"))
     counts = query_block_counts(q_start, seq_lens, block_size)
-    num_tiles = triton.cdiv(num_rows, block_q) + q_start.shape[0]
-    tile_seq, tile_idx = segment_rows((counts + block_q - 1) // block_q, num_tiles)
-    row_start = torch.cumsum(counts, 0) - counts
-    tile_w0 = torch.where(tile_seq >= 0, row_start[tile_seq.clamp(min=0).long()] + tile_idx * block_q, -1).int()
-    # a tile's work grows with its position (candidates = earlier blocks): launch the last tiles first, so the grid
-    # ends on short ones (35.8 vs 36.6 ms at 1M on the H200, session-4 experiment)
-    tile_seq, tile_w0 = tile_seq.flip(0), tile_w0.flip(0)
-    _select_kernel[(num_tiles, num_kv_heads)](
-        qbar, kmean, kmin, kmax, block_tables, sel, tile_seq, tile_w0, qb_seq, qb_ids,
+    common = dict(G=group, SINK=sink_blocks, WINDOW=window_blocks, BLOCK_G=triton.next_power_of_2(group),
+                  BLOCK_D=block_d, IS_BOUND=score == "bound", IS_FP32=q.dtype == torch.float32)  # fmt: skip
+    sums = (qbar, kmean, kmin, kmax, block_tables)
+    lse = torch.empty(num_rows, num_heads, dtype=torch.float32, device=q.device)
+    if topk_blocks > 0:
+        # -- pass 1 on tiles of its own: without the top-k's registers a tile of twice the rows fits --
+        tile_seq, tile_w0 = _tiles(counts, num_rows, lse_block_q)
+        _select_lse_kernel[(tile_seq.shape[0], num_kv_heads)](
+            *sums, lse, tile_seq, tile_w0, qb_seq, qb_ids,
+            qbar.stride(0), qbar.stride(1), kmean.stride(0), kmean.stride(1), block_tables.stride(0), lse.stride(0),
+            num_rows, head_dim, LOG2E / head_dim**0.5,
+            BLOCK_Q=lse_block_q, BLOCK_N=cfg["BLOCK_N"], **lse_launch, **common,
+        )  # fmt: skip
+    tile_seq, tile_w0 = _tiles(counts, num_rows, block_q)
+    _select_kernel[(tile_seq.shape[0], num_kv_heads)](
+        *sums, sel, lse, tile_seq, tile_w0, qb_seq, qb_ids,
         qbar.stride(0), qbar.stride(1), kmean.stride(0), kmean.stride(1), block_tables.stride(0),
-        sel.stride(0), sel.stride(1),
+        sel.stride(0), sel.stride(1), lse.stride(0),
         num_rows, head_dim, LOG2E / head_dim**0.5,
-        G=group, SINK=sink_blocks, WINDOW=window_blocks, TOPK=topk_blocks, NUM_SEL=num_sel,
-        BLOCK_G=triton.next_power_of_2(group), BLOCK_Q=block_q, BLOCK_K=triton.next_power_of_2(max(topk_blocks, 1)),
-        BLOCK_SEL=triton.next_power_of_2(num_sel), BLOCK_D=block_d, IS_BOUND=score == "bound",
-        IS_FP32=q.dtype == torch.float32, **cfg,
+        TOPK=topk_blocks, NUM_SEL=num_sel, BLOCK_Q=block_q, BLOCK_K=triton.next_power_of_2(max(topk_blocks, 1)),
+        BLOCK_SEL=triton.next_power_of_2(num_sel), **common, **cfg,
     )  # fmt: skip
     return sel
 
