@@ -11,14 +11,12 @@ Remapped positions (remap.py): a sequence whose query block is >= remap_from sel
 summaries and scores its remote pages with q_remote against keys whose RoPE is undone in registers.
 """
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from m3.kernels.msa_prefill import _update
-from m3.kernels.msa_select import LOG2E, _check_summaries, _dot, _low_ids, _pack_keys, _summary_logits
+from m3.kernels.msa_select import LOG2E, _check_summaries, _dot, _low_ids, _num_sms, _pack_keys, _summary_logits
 from m3.kernels.paged_ref import num_decode_pages, num_selected
 from m3.kernels.remap import Remap, remap_inputs, select_remapped
 
@@ -391,13 +389,6 @@ def _combine(
     o = tl.where((den > 0)[:, None], acc / tl.where(den > 0, den, 1.0)[:, None], 0.0)
     o_ptr = o_base + g[:, None] * stride_oh + d[None, :]
     tl.store(o_ptr, o.to(o_base.dtype.element_ty), mask=(g < G)[:, None] & (d < head_dim)[None, :])
-
-
-@functools.lru_cache
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 132
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def msa_decode_select(

@@ -11,6 +11,8 @@ NOTE: the scoring dot runs on tensor cores with the mean query rounded to the ca
 float32), so near-ties may resolve differently; with a float32 cache it is exact.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -320,6 +322,13 @@ def _check_summaries(kmean, kmin, kmax, score: str):
     return kmin, kmax
 
 
+@functools.lru_cache
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _tiles(counts: torch.Tensor, num_rows: int, block_q: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Tiles of block_q consecutive query blocks of one sequence, built on the device (no sync): (sequence, first
     row) per tile, -1 for unused ones. A tile's work grows with its position (candidates = earlier blocks), so the
@@ -379,6 +388,8 @@ def prefill_select_rows(
     common = dict(G=group, SINK=sink_blocks, WINDOW=window_blocks, BLOCK_G=triton.next_power_of_2(group),
                   BLOCK_D=block_d, IS_BOUND=score == "bound", IS_FP32=q.dtype == torch.float32)  # fmt: skip
     sums = (qbar, kmean, kmin, kmax, block_tables)
+    if "LSE_BLOCK_Q" not in (config or {}) and triton.cdiv(num_rows, lse_block_q) * num_kv_heads < _num_sms(q.device):
+        lse_block_q = min(lse_block_q, block_q)  # short prefills: the larger tiles would leave SMs idle
     lse = torch.empty(num_rows, num_heads, dtype=torch.float32, device=q.device)
     if topk_blocks > 0:
         # -- pass 1 on tiles of its own: without the top-k's registers a tile of twice the rows fits --
