@@ -147,7 +147,9 @@ def test_prefill_remap(group, dtype, head_dim, from_block):
     batch = make_batch(SPECS, num_kv_heads=2, group=group, head_dim=head_dim, block_size=64, dtype=dtype,
                        device="cuda", seed=group)  # fmt: skip
     remap = make_remap(batch, window_blocks=1, from_block=from_block)
-    check_prefill(batch, {**KNOBS, "window_blocks": 1}, remap=remap, attn_config=dict(PAGES=2) if group == 4 else None)
+    # G=4: 256-row tiles, two pages per step, ids from the list (with ids in registers: out of shared memory)
+    two_pages = dict(PAGES=2, IDS_IN_REGS=False) if group == 4 else None
+    check_prefill(batch, {**KNOBS, "window_blocks": 1}, remap=remap, attn_config=two_pages)
 
 
 def test_prefill_remap_default_knobs_long():
