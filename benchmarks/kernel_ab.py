@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kernels import (  # noqa: E402, I001
     KNOBS,
     env_section,
+    kernel_breakdown,
     make_prefill,
     select_args,
     sparse_args,
@@ -77,6 +78,13 @@ def prefill_ab(rec: Record, n: int, attn_configs: list[dict], select_configs: li
         lambda cfg: lambda: prefill_sparse_rows(*sparse_args(t, sel), dense_below=dense_below, config=cfg),
         attn_configs, lambda a, b: float((a.float() - b.float()).abs().max()), reps,
     )  # fmt: skip
+    # where the default's time goes, kernel by kernel (us per call, CUPTI)
+    res["kernels_us"] = kernel_breakdown(
+        lambda: prefill_sparse_rows(*sparse_args(t, prefill_select_rows(*select_args(t), **KNOBS)),
+                                    dense_below=dense_below),
+        reps=5,
+    )  # fmt: skip
+    print(f"   kernels {n // 1024}K: {res['kernels_us']}", flush=True)
     best = {}
     for kind in ("selection", "attention"):
         ok = [r for r in res[kind] if "median_ms" in r]

@@ -375,14 +375,18 @@ def prefill_select_rows(
     block_d = triton.next_power_of_2(head_dim)
     # -- per query block, the mean query of each head --
     qbar = torch.empty(num_rows, num_heads, head_dim, dtype=torch.float32, device=q.device)
+    # two warps: 1M selection 29.9 vs 31.1 ms with four (the kernel took 4.1 ms with four, twice its read of q; H200
+    # kernel_ab record, session 6)
+    qbar_warps = (config or {}).get("QBAR_WARPS", 2)
     _qbar_kernel[(num_rows, num_heads)](
         q, qbar, qb_seq, qb_ids, cu_seqlens_q, q_start, seq_lens,
         q.stride(0), q.stride(1), qbar.stride(0), qbar.stride(1),
         dense_below, head_dim,
-        S=block_size, BLOCK_T=min(64, triton.next_power_of_2(block_size)), BLOCK_D=block_d,
+        S=block_size, BLOCK_T=min(64, triton.next_power_of_2(block_size)), BLOCK_D=block_d, num_warps=qbar_warps,
     )  # fmt: skip
     cfg = {**select_config(group, topk_blocks), **(config or {})}
     block_q, lse_block_q = cfg.pop("BLOCK_Q"), cfg.pop("LSE_BLOCK_Q")
+    cfg.pop("QBAR_WARPS", None)
     lse_launch = dict(num_warps=cfg.pop("LSE_WARPS"), num_stages=cfg.pop("LSE_STAGES"))
     counts = query_block_counts(q_start, seq_lens, block_size)
     common = dict(G=group, SINK=sink_blocks, WINDOW=window_blocks, BLOCK_G=triton.next_power_of_2(group),
