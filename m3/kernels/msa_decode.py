@@ -16,7 +16,16 @@ import triton
 import triton.language as tl
 
 from m3.kernels.msa_prefill import _update
-from m3.kernels.msa_select import LOG2E, _check_summaries, _dot, _low_ids, _num_sms, _pack_keys, _summary_logits
+from m3.kernels.msa_select import (
+    LOG2E,
+    _check_summaries,
+    _dot,
+    _low_ids,
+    _num_sms,
+    _pack_keys,
+    _scoring_queries,
+    _summary_logits,
+)
 from m3.kernels.paged_ref import num_decode_pages, num_selected
 from m3.kernels.remap import Remap, remap_inputs, select_remapped
 
@@ -64,12 +73,7 @@ def _decode_scores_kernel(
         mask=gm[:, None] & dm[None, :],
         other=0.0,
     ).to(tl.float32)
-    if IS_BOUND:
-        qa = tl.maximum(q, 0.0).to(KMAX.dtype.element_ty)
-        qb = tl.minimum(q, 0.0).to(KMIN.dtype.element_ty)
-    else:
-        qa = q.to(KMEAN.dtype.element_ty)
-        qb = qa
+    qa, qb = _scoring_queries(q, KMEAN, KMIN, KMAX, IS_BOUND)
     bt_row = BT + b.to(tl.int64) * stride_bt
     sc_row = SC + b.to(tl.int64) * stride_scb + h * stride_sch + g[:, None] * stride_scg
     m = tl.full([BLOCK_G], -1.0e30, tl.float32)

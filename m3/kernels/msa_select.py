@@ -118,14 +118,27 @@ def _qbar_kernel(
 
 
 @triton.jit
+def _scoring_queries(qbar, KMEAN, KMIN, KMAX, IS_BOUND: tl.constexpr):
+    """The operands of the block logits: max(q,0), min(q,0) for the bound score, q for the mean score."""
+    if IS_BOUND:
+        qa = tl.maximum(qbar, 0.0).to(KMAX.dtype.element_ty)
+        qb = tl.minimum(qbar, 0.0).to(KMIN.dtype.element_ty)
+    else:
+        qa = qbar.to(KMEAN.dtype.element_ty)
+        qb = qa
+    return qa, qb
+
+
+@triton.jit
 def _tile(
-    QBAR, BT, TILE_W0, QB_SEQ, QB_ID, pid, h, b,
+    QBAR, KMEAN, KMIN, KMAX, BT, TILE_W0, QB_SEQ, QB_ID, pid, h, b,
     stride_bq, stride_bh, stride_bt, num_rows, head_dim,
     G: tl.constexpr, WINDOW: tl.constexpr, SINK: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    BLOCK_D: tl.constexpr, IS_BOUND: tl.constexpr,
 ):  # fmt: skip
     """A tile of the selection: BLOCK_Q consecutive query blocks of sequence b (candidates of block i are
-    SINK <= j < i - WINDOW); rows r = q * BLOCK_G + g are the G query heads of each block (padded to BLOCK_G)."""
+    SINK <= j < i - WINDOW); rows r = q * BLOCK_G + g are the G query heads of each block (padded to BLOCK_G), and
+    their scoring operands qa, qb (_scoring_queries of the mean queries)."""
     w0 = tl.load(TILE_W0 + pid)
     wq = w0 + tl.arange(0, BLOCK_Q)
     ok_q = tl.load(QB_SEQ + wq, mask=wq < num_rows, other=-1) == b
@@ -142,19 +155,8 @@ def _tile(
         mask=ok_r[:, None] & (d < head_dim)[None, :],
         other=0.0,
     )  # (BLOCK_Q * BLOCK_G, BLOCK_D) float32
-    return BT + b.to(tl.int64) * stride_bt, wq, ok_q, i_q, hi_q, wr, g, ok_r, hi_r, qbar, tl.max(hi_q)
-
-
-@triton.jit
-def _scoring_queries(qbar, KMEAN, KMIN, KMAX, IS_BOUND: tl.constexpr):
-    """The operands of the block logits: max(q,0), min(q,0) for the bound score, q for the mean score."""
-    if IS_BOUND:
-        qa = tl.maximum(qbar, 0.0).to(KMAX.dtype.element_ty)
-        qb = tl.minimum(qbar, 0.0).to(KMIN.dtype.element_ty)
-    else:
-        qa = qbar.to(KMEAN.dtype.element_ty)
-        qb = qa
-    return qa, qb
+    qa, qb = _scoring_queries(qbar, KMEAN, KMIN, KMAX, IS_BOUND)
+    return BT + b.to(tl.int64) * stride_bt, wq, ok_q, i_q, hi_q, wr, g, ok_r, hi_r, qa, qb, tl.max(hi_q)
 
 
 @triton.jit
@@ -210,11 +212,10 @@ def _select_lse_kernel(
     b = tl.load(TILE_SEQ + pid)
     if b < 0:
         return
-    bt_row, wq, ok_q, i_q, hi_q, wr, g, ok_r, hi_r, qbar, j_hi = _tile(
-        QBAR, BT, TILE_W0, QB_SEQ, QB_ID, pid, h, b, stride_bq, stride_bh, stride_bt, num_rows, head_dim,
-        G, WINDOW, SINK, BLOCK_G, BLOCK_Q, BLOCK_D,
+    bt_row, wq, ok_q, i_q, hi_q, wr, g, ok_r, hi_r, qa, qb, j_hi = _tile(
+        QBAR, KMEAN, KMIN, KMAX, BT, TILE_W0, QB_SEQ, QB_ID, pid, h, b, stride_bq, stride_bh, stride_bt, num_rows,
+        head_dim, G, WINDOW, SINK, BLOCK_G, BLOCK_Q, BLOCK_D, IS_BOUND,
     )  # fmt: skip
-    qa, qb = _scoring_queries(qbar, KMEAN, KMIN, KMAX, IS_BOUND)
     n_chunks = tl.cdiv(tl.maximum(j_hi - SINK, 0), BLOCK_N)
     lse = _lse_pass(qa, qb, KMEAN, KMIN, KMAX, bt_row, h, hi_r, ok_r, j_hi, n_chunks, head_dim, qk_scale,
                     stride_sb, stride_sh, SINK, BLOCK_Q * BLOCK_G, BLOCK_Q, BLOCK_N, BLOCK_D, IS_BOUND,
@@ -237,11 +238,10 @@ def _select_kernel(
     b = tl.load(TILE_SEQ + pid)
     if b < 0:
         return
-    bt_row, wq, ok_q, i_q, hi_q, wr, g, ok_r, hi_r, qbar, j_hi = _tile(
-        QBAR, BT, TILE_W0, QB_SEQ, QB_ID, pid, h, b, stride_bq, stride_bh, stride_bt, num_rows, head_dim,
-        G, WINDOW, SINK, BLOCK_G, BLOCK_Q, BLOCK_D,
+    bt_row, wq, ok_q, i_q, hi_q, wr, g, ok_r, hi_r, qa, qb, j_hi = _tile(
+        QBAR, KMEAN, KMIN, KMAX, BT, TILE_W0, QB_SEQ, QB_ID, pid, h, b, stride_bq, stride_bh, stride_bt, num_rows,
+        head_dim, G, WINDOW, SINK, BLOCK_G, BLOCK_Q, BLOCK_D, IS_BOUND,
     )  # fmt: skip
-    qa, qb = _scoring_queries(qbar, KMEAN, KMIN, KMAX, IS_BOUND)
     d = tl.arange(0, BLOCK_D)
     dm = d < head_dim
     n_chunks = tl.cdiv(tl.maximum(j_hi - SINK, 0), BLOCK_N)
