@@ -81,7 +81,8 @@ def _decode_scores_kernel(
     for j0 in range(lo, end, BLOCK_N):
         j = j0 + tl.arange(0, BLOCK_N)
         jm = j < end
-        s = _summary_logits(qa, qb, KMEAN, KMIN, KMAX, bt_row, j, jm, h, d, dm, stride_sb, stride_sh, IS_BOUND, IS_FP32)
+        phys = tl.load(bt_row + j, mask=jm, other=0)
+        s = _summary_logits(qa, qb, KMEAN, KMIN, KMAX, phys, jm, h, d, dm, stride_sb, stride_sh, IS_BOUND, IS_FP32)
         s = tl.where(jm[None, :], s * qk_scale, float("-inf"))
         tl.store(sc_row + j[None, :], s, mask=gm[:, None] & jm[None, :])
         # -- this split's softmax partials per head --

@@ -182,21 +182,13 @@ def _prefill_kernel(
             slot = tl.arange(0, BLOCK_SEL)
             pv = tl.load(bt_row + sv, mask=sv >= 0, other=0)  # the physical page of every listed block
         for it in range(0, n_true // PAGES):
-            if IDS_IN_REGS:
+            if IDS_IN_REGS:  # (one page per step)
                 # NOTE: no load in the loop but the pages': with the index chain (list -> table -> page) the pipeliner
                 # issued each page's loads one step ahead after a blocking index load, and waited for all of them at
                 # the top of the next step (TTGIR); with ids from registers the pages load two steps ahead
-                if PAGES == 1:
-                    phys = tl.sum(tl.where(slot == first + it, pv, 0), axis=0).to(tl.int64)
-                    k_ptrs = K_CACHE + phys * stride_kb + k_offs
-                    v_ptrs = V_CACHE + phys * stride_vb + v_offs
-                else:
-                    phys = page * 0
-                    for pg in tl.static_range(PAGES):
-                        ph = tl.sum(tl.where(slot == first + it * PAGES + pg, pv, 0), axis=0)
-                        phys = tl.where(page == pg, ph, phys)
-                    k_ptrs = K_CACHE + phys.to(tl.int64)[:, None] * stride_kb + rk_offs
-                    v_ptrs = V_CACHE + phys.to(tl.int64)[:, None] * stride_vb + rv_offs
+                phys = tl.sum(tl.where(slot == first + it, pv, 0), axis=0).to(tl.int64)
+                k_ptrs = K_CACHE + phys * stride_kb + k_offs
+                v_ptrs = V_CACHE + phys * stride_vb + v_offs
             elif PAGES == 1:
                 phys = tl.load(bt_row + tl.load(sel_row + first + it)).to(tl.int64)
                 k_ptrs = K_CACHE + phys * stride_kb + k_offs
@@ -272,6 +264,7 @@ def prefill_sparse_rows(
     if num_tokens == 0:
         return o
     cfg = {**prefill_config(group, block_size, head_dim), **(config or {})}
+    assert not (cfg["IDS_IN_REGS"] and cfg["PAGES"] > 1), "page ids in registers take one page per step"
     n_mtiles = triton.cdiv(block_size * group, cfg["BLOCK_M"])
     grid = (qb_seq.shape[0] * n_mtiles, num_kv_heads)
     qr, tables, remap_from, window = remap_inputs(remap, q, block_size)

@@ -35,22 +35,11 @@ def _dot(a, b, IS_FP32: tl.constexpr):
 
 @triton.jit
 def _summary_logits(
-    qa, qb, KMEAN, KMIN, KMAX, bt_row, j, jm, h, d, dm,
-    stride_sb, stride_sh,
-    IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr,
-):  # fmt: skip
-    """Raw block logits (rows, BLOCK_N) of query rows against the summaries of logical blocks j (masked by jm)."""
-    return _page_logits(qa, qb, KMEAN, KMIN, KMAX, tl.load(bt_row + j, mask=jm, other=0), jm, h, d, dm, stride_sb,
-                        stride_sh, IS_BOUND, IS_FP32)  # fmt: skip
-
-
-@triton.jit
-def _page_logits(
     qa, qb, KMEAN, KMIN, KMAX, phys, jm, h, d, dm,
     stride_sb, stride_sh,
     IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr,
 ):  # fmt: skip
-    """_summary_logits given the physical blocks phys of the candidates."""
+    """Raw block logits (rows, BLOCK_N) of query rows against the summaries of physical blocks phys (masked by jm)."""
     offs = phys.to(tl.int64)[:, None] * stride_sb + h * stride_sh + d[None, :]
     mask = jm[:, None] & dm[None, :]
     if IS_BOUND:
@@ -173,32 +162,6 @@ def _chunk(bt_row, phys_n, c, j_hi, SINK: tl.constexpr, BLOCK_N: tl.constexpr, B
 
 
 @triton.jit
-def _lse_pass(
-    qa, qb, KMEAN, KMIN, KMAX, bt_row, h, hi_r, ok_r, j_hi, n_chunks, head_dim, qk_scale,
-    stride_sb, stride_sh,
-    SINK: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr,
-):  # fmt: skip
-    """Pass 1: each row's log-sum-exp over its candidates (log2 domain); +inf for padding rows (p = 0 in pass 2)."""
-    d = tl.arange(0, BLOCK_D)
-    dm = d < head_dim
-    m = tl.full([BLOCK_ROWS], -1.0e30, tl.float32)
-    l_sum = tl.zeros([BLOCK_ROWS], tl.float32)
-    jn = j_hi - BLOCK_N + tl.arange(0, BLOCK_N)
-    phys_n = tl.load(bt_row + jn, mask=tl.where(n_chunks > 0, jn >= SINK, False), other=0)
-    for c in range(0, n_chunks):
-        j, jm, phys, phys_n, edge = _chunk(bt_row, phys_n, c, j_hi, SINK, BLOCK_N, BLOCK_Q)
-        s = _page_logits(qa, qb, KMEAN, KMIN, KMAX, phys, jm, h, d, dm, stride_sb, stride_sh, IS_BOUND, IS_FP32)
-        s = s * qk_scale
-        if edge:
-            s = tl.where(jm[None, :] & (j[None, :] < hi_r[:, None]), s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        l_sum = l_sum * tl.math.exp2(m - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), axis=1)
-        m = m_new
-    return tl.where(ok_r, m + tl.math.log2(l_sum), float("inf"))
-
-
-@triton.jit
 def _select_lse_kernel(
     QBAR, KMEAN, KMIN, KMAX, BT, LSE, TILE_SEQ, TILE_W0, QB_SEQ, QB_ID,
     stride_bq, stride_bh, stride_sb, stride_sh, stride_bt, stride_lq,
@@ -206,7 +169,7 @@ def _select_lse_kernel(
     G: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr,
 ):  # fmt: skip
-    """Pass 1 on its own (tiles of its own size): LSE (Qmax, H) float32."""
+    """Pass 1 on tiles of its own size: each row's log-sum-exp over its candidates into LSE (Qmax, H) float32."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.load(TILE_SEQ + pid)
@@ -216,11 +179,24 @@ def _select_lse_kernel(
         QBAR, KMEAN, KMIN, KMAX, BT, TILE_W0, QB_SEQ, QB_ID, pid, h, b, stride_bq, stride_bh, stride_bt, num_rows,
         head_dim, G, WINDOW, SINK, BLOCK_G, BLOCK_Q, BLOCK_D, IS_BOUND,
     )  # fmt: skip
+    d = tl.arange(0, BLOCK_D)
+    dm = d < head_dim
     n_chunks = tl.cdiv(tl.maximum(j_hi - SINK, 0), BLOCK_N)
-    lse = _lse_pass(qa, qb, KMEAN, KMIN, KMAX, bt_row, h, hi_r, ok_r, j_hi, n_chunks, head_dim, qk_scale,
-                    stride_sb, stride_sh, SINK, BLOCK_Q * BLOCK_G, BLOCK_Q, BLOCK_N, BLOCK_D, IS_BOUND,
-                    IS_FP32)  # fmt: skip
-    tl.store(LSE + wr.to(tl.int64) * stride_lq + h * G + g, lse, mask=ok_r)
+    m = tl.full([BLOCK_Q * BLOCK_G], -1.0e30, tl.float32)
+    l_sum = tl.zeros([BLOCK_Q * BLOCK_G], tl.float32)
+    jn = j_hi - BLOCK_N + tl.arange(0, BLOCK_N)
+    phys_n = tl.load(bt_row + jn, mask=tl.where(n_chunks > 0, jn >= SINK, False), other=0)
+    for c in range(0, n_chunks):
+        j, jm, phys, phys_n, edge = _chunk(bt_row, phys_n, c, j_hi, SINK, BLOCK_N, BLOCK_Q)
+        s = _summary_logits(qa, qb, KMEAN, KMIN, KMAX, phys, jm, h, d, dm, stride_sb, stride_sh, IS_BOUND, IS_FP32)
+        s = s * qk_scale
+        if edge:
+            s = tl.where(jm[None, :] & (j[None, :] < hi_r[:, None]), s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        l_sum = l_sum * tl.math.exp2(m - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), axis=1)
+        m = m_new
+    # each row's log-sum-exp (log2 domain); padding rows are not stored (pass 2 reads +inf for them: p = 0)
+    tl.store(LSE + wr.to(tl.int64) * stride_lq + h * G + g, m + tl.math.log2(l_sum), mask=ok_r)
 
 
 @triton.jit
@@ -256,7 +232,7 @@ def _select_kernel(
     phys_n = tl.load(bt_row + jn, mask=tl.where(n_chunks > 0, jn >= SINK, False), other=0)
     for c in range(0, n_chunks):
         j, jm, phys, phys_n, edge = _chunk(bt_row, phys_n, c, j_hi, SINK, BLOCK_N, BLOCK_Q)
-        s = _page_logits(qa, qb, KMEAN, KMIN, KMAX, phys, jm, h, d, dm, stride_sb, stride_sh, IS_BOUND, IS_FP32)
+        s = _summary_logits(qa, qb, KMEAN, KMIN, KMAX, phys, jm, h, d, dm, stride_sb, stride_sh, IS_BOUND, IS_FP32)
         p = tl.math.exp2(s * qk_scale - lse[:, None])  # padding rows: lse = +inf, p = 0
         if edge:
             p = tl.where(jm[None, :] & (j[None, :] < hi_r[:, None]), p, 0.0)
@@ -347,9 +323,10 @@ def select_config(group: int, topk_blocks: int) -> dict:
     block_q = max(1, min(32, 128 // block_g))
     # NOTE: 8 warps even for small tiles: the (BLOCK_Q, BLOCK_N) int64 sorts spill registers with 4 on sm_90.
     # Three stages and pass 1 (log-sum-exp) in its own kernel on tiles of twice the query blocks: 31.3 ms at 1M on
-    # the H200 against 35.1 with the session-5 kernel (with the unmasked middle chunks; kernel_ab records, session 6)
+    # the H200 against 35.1 with the session-5 kernel (with the unmasked middle chunks); the mean-query kernel with two
+    # warps: 29.9 vs 31.1 ms (it took 4.1 ms with four, twice its read of q; kernel_ab records, session 6)
     return dict(BLOCK_Q=block_q, BLOCK_N=max(64, block_k), MERGE_AT=8, num_warps=8, num_stages=3,
-                LSE_BLOCK_Q=2 * block_q, LSE_WARPS=8, LSE_STAGES=3)  # fmt: skip
+                LSE_BLOCK_Q=2 * block_q, LSE_WARPS=8, LSE_STAGES=3, QBAR_WARPS=2)  # fmt: skip
 
 
 def prefill_select_rows(
@@ -375,18 +352,15 @@ def prefill_select_rows(
     block_d = triton.next_power_of_2(head_dim)
     # -- per query block, the mean query of each head --
     qbar = torch.empty(num_rows, num_heads, head_dim, dtype=torch.float32, device=q.device)
-    # two warps: 1M selection 29.9 vs 31.1 ms with four (the kernel took 4.1 ms with four, twice its read of q; H200
-    # kernel_ab record, session 6)
-    qbar_warps = (config or {}).get("QBAR_WARPS", 2)
+    cfg = {**select_config(group, topk_blocks), **(config or {})}
     _qbar_kernel[(num_rows, num_heads)](
         q, qbar, qb_seq, qb_ids, cu_seqlens_q, q_start, seq_lens,
         q.stride(0), q.stride(1), qbar.stride(0), qbar.stride(1),
         dense_below, head_dim,
-        S=block_size, BLOCK_T=min(64, triton.next_power_of_2(block_size)), BLOCK_D=block_d, num_warps=qbar_warps,
+        S=block_size, BLOCK_T=min(64, triton.next_power_of_2(block_size)), BLOCK_D=block_d,
+        num_warps=cfg.pop("QBAR_WARPS"),
     )  # fmt: skip
-    cfg = {**select_config(group, topk_blocks), **(config or {})}
     block_q, lse_block_q = cfg.pop("BLOCK_Q"), cfg.pop("LSE_BLOCK_Q")
-    cfg.pop("QBAR_WARPS", None)
     lse_launch = dict(num_warps=cfg.pop("LSE_WARPS"), num_stages=cfg.pop("LSE_STAGES"))
     counts = query_block_counts(q_start, seq_lens, block_size)
     common = dict(G=group, SINK=sink_blocks, WINDOW=window_blocks, BLOCK_G=triton.next_power_of_2(group),

@@ -153,6 +153,9 @@ def test_decode_remap(group, dtype, from_block):
 def test_prefill_256_row_tiles():
     # the tile real GQA shapes take at S=64 (G=4: one tile per query block); here padded rows past S x G
     batch = make_batch(SPECS, num_kv_heads=2, group=8, head_dim=32, block_size=16, dtype=BF16, seed=9)
-    check_prefill(batch, KNOBS, attn_config=dict(BLOCK_M=256, PAGES=1, num_warps=16, num_stages=2))
+    for ids_in_regs in (False, True):  # page ids from the list / held in registers (the H200 default at 256 rows)
+        attn_config = dict(BLOCK_M=256, PAGES=1, num_warps=16, num_stages=2, IDS_IN_REGS=ids_in_regs)
+        check_prefill(batch, KNOBS, attn_config=attn_config)
     remap = make_remap(batch, window_blocks=1, from_block=2)
-    check_prefill(batch, {**KNOBS, "window_blocks": 1}, remap=remap, attn_config=dict(BLOCK_M=256, PAGES=1))
+    attn_config = dict(BLOCK_M=256, PAGES=1, IDS_IN_REGS=True)
+    check_prefill(batch, {**KNOBS, "window_blocks": 1}, remap=remap, attn_config=attn_config)
