@@ -6,6 +6,12 @@ each together. Llama-3.1-8B attention shapes as in kernels.py. Writes JSON after
 
     python benchmarks/kernel_ab.py --out /tmp/ab.json [--prefill 131072,1048576]
         [--attn-configs '[{"IDS_IN_REGS": true}]'] [--select-configs '[{"LSE_BLOCK_Q": 64}]']
+        [--decode 1048576x1,131072x8 --decode-configs '[{"FUSE": false}]' --decode-baseline old_msa_decode.py]
+
+Decode: one step of `msa_decode_attention` replayed from a CUDA graph (read and write L2 flushes, warm kernel
+breakdown) with module settings of m3.kernels.msa_decode overridden per config (default first), and optionally the
+same step from another version of the module (a file), each checked against the default (equal page lists, output
+difference).
 """
 
 import argparse
@@ -20,8 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from kernels import (  # noqa: E402, I001
     KNOBS,
+    decode_inputs,
     env_section,
     kernel_breakdown,
+    l2_flusher,
     make_prefill,
     select_args,
     sparse_args,
@@ -99,12 +107,66 @@ def prefill_ab(rec: Record, n: int, attn_configs: list[dict], select_configs: li
     rec.save()
 
 
+def decode_ab(rec: Record, n: int, batch: int, configs: list[dict], baseline: str | None):
+    import importlib.util
+
+    import torch
+
+    from m3.kernels import msa_decode
+
+    args = decode_inputs(n, batch)
+    flush, clean = l2_flusher(), l2_flusher(clean=True)
+    modules = [(cfg, msa_decode) for cfg in [{}] + configs]
+    if baseline:
+        spec = importlib.util.spec_from_file_location("baseline_msa_decode", baseline)
+        old = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(old)
+        modules.append(({"baseline": os.path.basename(baseline)}, old))
+    rows, ref = [], None
+    for cfg, mod in modules:
+        saved = {k: getattr(mod, k) for k in cfg if k != "baseline"}
+        try:
+            for k, v in cfg.items():
+                if k != "baseline":
+                    setattr(mod, k, v)
+            step = lambda mod=mod: mod.msa_decode_attention(*args, **KNOBS, return_sel=True)
+            o, pages = step()
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
+            row = dict(config=cfg, write_flush=timeit(graph.replay, reps=30, warmup=3, flush=flush),
+                       read_flush=timeit(graph.replay, reps=30, warmup=3, flush=clean),
+                       warm=timeit(graph.replay, reps=20, warmup=3, inner=20),
+                       kernels_us=kernel_breakdown(graph.replay))  # fmt: skip
+            if ref is not None:
+                row["pages_equal"] = bool(torch.equal(pages, ref[1]))
+                row["max_abs_diff"] = float((o.float() - ref[0].float()).abs().max())
+            ref = ref or (o, pages)
+            del graph
+        except Exception as e:  # noqa: BLE001
+            row = dict(config=cfg, error=f"{type(e).__name__}: {e}"[:500])
+        finally:
+            for k, v in saved.items():
+                setattr(mod, k, v)
+        rows.append(row)
+        us = lambda r, k: r[k]["median_ms"] * 1e3 if k in r else float("nan")
+        print(f"   decode {n // 1024}K x{batch} {cfg or 'default'}: write flush {us(row, 'write_flush'):.1f} us, read "
+              f"flush {us(row, 'read_flush'):.1f}, warm {us(row, 'warm'):.1f}; {row.get('kernels_us', row)}",
+              flush=True)  # fmt: skip
+        rec.data.setdefault("decode", {})[f"{n}x{batch}"] = rows
+        rec.save()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--prefill", default="131072,1048576")
     p.add_argument("--attn-configs", default='[{"IDS_IN_REGS": true}]', help="JSON list of non-default configs")
     p.add_argument("--select-configs", default='[{"LSE_BLOCK_Q": 64}]', help="JSON list of non-default configs")
+    p.add_argument("--decode", default="", help="contexts x batch, e.g. 1048576x1,131072x8")
+    p.add_argument("--decode-configs", default="[]", help="JSON list of m3.kernels.msa_decode settings")
+    p.add_argument("--decode-baseline", default=None, help="another msa_decode.py to time beside")
     a = p.parse_args()
     rec = Record(a.out)
 
@@ -118,6 +180,13 @@ def main():
             prefill_ab(rec, n, json.loads(a.attn_configs), json.loads(a.select_configs))
         except Exception as e:  # noqa: BLE001
             rec.data["errors"].append(f"prefill {n}: {type(e).__name__}: {e}"[:500])
+            print("  ", rec.data["errors"][-1], flush=True)
+    for spec in filter(None, a.decode.split(",")):
+        n, batch = (int(x) for x in spec.split("x"))
+        try:
+            decode_ab(rec, n, batch, json.loads(a.decode_configs), a.decode_baseline)
+        except Exception as e:  # noqa: BLE001
+            rec.data["errors"].append(f"decode {spec}: {type(e).__name__}: {e}"[:500])
             print("  ", rec.data["errors"][-1], flush=True)
     rec.save()
 

@@ -162,6 +162,30 @@ def _chunk(bt_row, phys_n, c, j_hi, SINK: tl.constexpr, BLOCK_N: tl.constexpr, B
 
 
 @triton.jit
+def _row_lse(
+    qa, qb, KMEAN, KMIN, KMAX, bt_row, hi_r, h, j_hi, d, dm, stride_sb, stride_sh, qk_scale,
+    SINK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, IS_BOUND: tl.constexpr,
+    IS_FP32: tl.constexpr,
+):  # fmt: skip
+    """Pass 1: each row's log-sum-exp (log2 domain) over its candidates (SINK <= j < hi_r), streamed from j_hi down."""
+    n_chunks = tl.cdiv(tl.maximum(j_hi - SINK, 0), BLOCK_N)
+    m = tl.full([BLOCK_Q * BLOCK_G], -1.0e30, tl.float32)
+    l_sum = tl.zeros([BLOCK_Q * BLOCK_G], tl.float32)
+    jn = j_hi - BLOCK_N + tl.arange(0, BLOCK_N)
+    phys_n = tl.load(bt_row + jn, mask=tl.where(n_chunks > 0, jn >= SINK, False), other=0)
+    for c in range(0, n_chunks):
+        j, jm, phys, phys_n, edge = _chunk(bt_row, phys_n, c, j_hi, SINK, BLOCK_N, BLOCK_Q)
+        s = _summary_logits(qa, qb, KMEAN, KMIN, KMAX, phys, jm, h, d, dm, stride_sb, stride_sh, IS_BOUND, IS_FP32)
+        s = s * qk_scale
+        if edge:
+            s = tl.where(jm[None, :] & (j[None, :] < hi_r[:, None]), s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        l_sum = l_sum * tl.math.exp2(m - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), axis=1)
+        m = m_new
+    return m + tl.math.log2(l_sum)
+
+
+@triton.jit
 def _select_lse_kernel(
     QBAR, KMEAN, KMIN, KMAX, BT, LSE, TILE_SEQ, TILE_W0, QB_SEQ, QB_ID,
     stride_bq, stride_bh, stride_sb, stride_sh, stride_bt, stride_lq,
@@ -180,23 +204,10 @@ def _select_lse_kernel(
         head_dim, G, WINDOW, SINK, BLOCK_G, BLOCK_Q, BLOCK_D, IS_BOUND,
     )  # fmt: skip
     d = tl.arange(0, BLOCK_D)
-    dm = d < head_dim
-    n_chunks = tl.cdiv(tl.maximum(j_hi - SINK, 0), BLOCK_N)
-    m = tl.full([BLOCK_Q * BLOCK_G], -1.0e30, tl.float32)
-    l_sum = tl.zeros([BLOCK_Q * BLOCK_G], tl.float32)
-    jn = j_hi - BLOCK_N + tl.arange(0, BLOCK_N)
-    phys_n = tl.load(bt_row + jn, mask=tl.where(n_chunks > 0, jn >= SINK, False), other=0)
-    for c in range(0, n_chunks):
-        j, jm, phys, phys_n, edge = _chunk(bt_row, phys_n, c, j_hi, SINK, BLOCK_N, BLOCK_Q)
-        s = _summary_logits(qa, qb, KMEAN, KMIN, KMAX, phys, jm, h, d, dm, stride_sb, stride_sh, IS_BOUND, IS_FP32)
-        s = s * qk_scale
-        if edge:
-            s = tl.where(jm[None, :] & (j[None, :] < hi_r[:, None]), s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        l_sum = l_sum * tl.math.exp2(m - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), axis=1)
-        m = m_new
-    # each row's log-sum-exp (log2 domain); padding rows are not stored (pass 2 reads +inf for them: p = 0)
-    tl.store(LSE + wr.to(tl.int64) * stride_lq + h * G + g, m + tl.math.log2(l_sum), mask=ok_r)
+    lse = _row_lse(qa, qb, KMEAN, KMIN, KMAX, bt_row, hi_r, h, j_hi, d, d < head_dim, stride_sb, stride_sh, qk_scale,
+                   SINK, BLOCK_N, BLOCK_Q, BLOCK_G, IS_BOUND, IS_FP32)  # fmt: skip
+    # padding rows are not stored (pass 2 reads +inf for them: p = 0)
+    tl.store(LSE + wr.to(tl.int64) * stride_lq + h * G + g, lse, mask=ok_r)
 
 
 @triton.jit
@@ -207,8 +218,9 @@ def _select_kernel(
     G: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, TOPK: tl.constexpr, NUM_SEL: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_SEL: tl.constexpr, BLOCK_D: tl.constexpr, IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr,
-    MERGE_AT: tl.constexpr,
+    MERGE_AT: tl.constexpr, INLINE_LSE: tl.constexpr,
 ):  # fmt: skip
+    """Pass 2 (and pass 1 first, INLINE_LSE) of a tile: its rows' selections into SEL."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.load(TILE_SEQ + pid)
@@ -224,8 +236,13 @@ def _select_kernel(
     if TOPK == 0:
         n_chunks = n_chunks * 0
     lse = tl.full([BLOCK_Q * BLOCK_G], float("inf"), tl.float32)
-    if TOPK > 0:  # (pass 1, _select_lse_kernel: each row's log-sum-exp; +inf for padding rows)
-        lse = tl.load(LSE + wr.to(tl.int64) * stride_lq + h * G + g, mask=ok_r, other=float("inf"))
+    if TOPK > 0:  # (pass 1: each row's log-sum-exp; +inf for padding rows)
+        if INLINE_LSE:
+            lse = _row_lse(qa, qb, KMEAN, KMIN, KMAX, bt_row, hi_r, h, j_hi, d, dm, stride_sb, stride_sh, qk_scale,
+                           SINK, BLOCK_N, BLOCK_Q, BLOCK_G, IS_BOUND, IS_FP32)  # fmt: skip
+            lse = tl.where(ok_r, lse, float("inf"))
+        else:
+            lse = tl.load(LSE + wr.to(tl.int64) * stride_lq + h * G + g, mask=ok_r, other=float("inf"))
     # -- pass 2: probabilities summed over the group, streaming top-k per query block --
     run = tl.full([BLOCK_Q, BLOCK_K], -1, tl.int64)  # sorted descending
     jn = j_hi - BLOCK_N + tl.arange(0, BLOCK_N)
@@ -326,7 +343,7 @@ def select_config(group: int, topk_blocks: int) -> dict:
     # the H200 against 35.1 with the session-5 kernel (with the unmasked middle chunks); the mean-query kernel with two
     # warps: 29.9 vs 31.1 ms (it took 4.1 ms with four, twice its read of q; kernel_ab records, session 6)
     return dict(BLOCK_Q=block_q, BLOCK_N=max(64, block_k), MERGE_AT=8, num_warps=8, num_stages=3,
-                LSE_BLOCK_Q=2 * block_q, LSE_WARPS=8, LSE_STAGES=3, QBAR_WARPS=2)  # fmt: skip
+                LSE_BLOCK_Q=2 * block_q, LSE_WARPS=8, LSE_STAGES=3, QBAR_WARPS=2, INLINE_LSE=None)  # fmt: skip
 
 
 def prefill_select_rows(
@@ -366,10 +383,15 @@ def prefill_select_rows(
     common = dict(G=group, SINK=sink_blocks, WINDOW=window_blocks, BLOCK_G=triton.next_power_of_2(group),
                   BLOCK_D=block_d, IS_BOUND=score == "bound", IS_FP32=q.dtype == torch.float32)  # fmt: skip
     sums = (qbar, kmean, kmin, kmax, block_tables)
-    if "LSE_BLOCK_Q" not in (config or {}) and triton.cdiv(num_rows, lse_block_q) * num_kv_heads < _num_sms(q.device):
+    num_sms = _num_sms(q.device)
+    if "LSE_BLOCK_Q" not in (config or {}) and triton.cdiv(num_rows, lse_block_q) * num_kv_heads < num_sms:
         lse_block_q = min(lse_block_q, block_q)  # short prefills: the larger tiles would leave SMs idle
+    inline = cfg.pop("INLINE_LSE")
+    if inline is None:  # short prefills: pass 1 inside the selection kernel, one launch (H200, session 7: 1.13 vs
+        # 2.02 ms at 32K, 2.21 vs 3.01 at 128K, 30.7 vs 29.8 at 1M; 512 tiles x KV heads at 128K, 32768 at 1M)
+        inline = triton.cdiv(num_rows, block_q) * num_kv_heads < 8 * num_sms
     lse = torch.empty(num_rows, num_heads, dtype=torch.float32, device=q.device)
-    if topk_blocks > 0:
+    if topk_blocks > 0 and not inline:
         # -- pass 1 on tiles of its own: without the top-k's registers a tile of twice the rows fits --
         tile_seq, tile_w0 = _tiles(counts, num_rows, lse_block_q)
         _select_lse_kernel[(tile_seq.shape[0], num_kv_heads)](
@@ -385,7 +407,7 @@ def prefill_select_rows(
         sel.stride(0), sel.stride(1), lse.stride(0),
         num_rows, head_dim, LOG2E / head_dim**0.5,
         TOPK=topk_blocks, NUM_SEL=num_sel, BLOCK_Q=block_q, BLOCK_K=triton.next_power_of_2(max(topk_blocks, 1)),
-        BLOCK_SEL=triton.next_power_of_2(num_sel), **common, **cfg,
+        BLOCK_SEL=triton.next_power_of_2(num_sel), INLINE_LSE=inline, **common, **cfg,
     )  # fmt: skip
     return sel
 

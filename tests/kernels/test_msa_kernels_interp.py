@@ -73,18 +73,20 @@ def test_prefill_no_topk_and_all_dense():
     check_prefill(batch, {**KNOBS, "dense_below": 1 << 20})
 
 
-STREAM_CASES = [(4, F32, 0, 4), (4, F32, 16, 8), (5, BF16, 2, 8), (3, F32, 2, 4)]  # (G, dtype, MERGE_AT, LSE_BLOCK_Q)
+# (G, dtype, MERGE_AT, pass 1: query blocks of its own tiles, or 0 = inside the selection kernel)
+STREAM_CASES = [(4, F32, 0, 4), (4, F32, 16, 8), (5, BF16, 2, 8), (3, F32, 2, 4), (4, F32, 2, 0), (5, BF16, 16, 0)]
 
 
 @pytest.mark.parametrize("group,dtype,merge_at,lse_q", STREAM_CASES)
 def test_select_streams_many_candidates(group, dtype, merge_at, lse_q):
     # small tiles: several tiles per sequence and several candidate chunks merged into the running top-k, by sorting
     # (merge_at 0), by replacing minima one by one (merge_at 16 = the chunk width), or both (2); pass 1 on tiles of
-    # the same or twice the query blocks (lse_q)
+    # the same or twice the query blocks (lse_q), or inline (0)
     batch = make_batch([(0, 700), (320, 90)], num_kv_heads=2, group=group, head_dim=16, block_size=16, dtype=dtype,
                        seed=group)  # fmt: skip
     knobs = {**KNOBS, "topk_blocks": 5, "window_blocks": 3}
-    check_prefill(batch, knobs, select_config=dict(BLOCK_Q=4, BLOCK_N=16, MERGE_AT=merge_at, LSE_BLOCK_Q=lse_q))
+    pass1 = dict(INLINE_LSE=True) if lse_q == 0 else dict(INLINE_LSE=False, LSE_BLOCK_Q=lse_q)
+    check_prefill(batch, knobs, select_config=dict(BLOCK_Q=4, BLOCK_N=16, MERGE_AT=merge_at, **pass1))
 
 
 @pytest.mark.parametrize("group,dtype,score", [(1, F32, "bound"), (3, BF16, "mean"), (4, F16, "bound"),
