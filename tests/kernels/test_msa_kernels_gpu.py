@@ -49,10 +49,12 @@ def test_prefill(group, dtype, head_dim, score):
     check_prefill(batch, {**KNOBS, "score": score})
 
 
-def test_prefill_default_knobs_long():
+@pytest.mark.parametrize("inline", [True, False])
+def test_prefill_default_knobs_long(inline):
+    # pass 1 inside the selection kernel (short prefills) or in its own kernel on tiles of twice the query blocks
     batch = make_batch([(0, 4133), (2048, 1500)], num_kv_heads=2, group=4, head_dim=128, block_size=64, dtype=BF16,
                        device="cuda")  # fmt: skip
-    check_prefill(batch, DEFAULTS)
+    check_prefill(batch, DEFAULTS, select_config=dict(INLINE_LSE=inline, LSE_BLOCK_Q=64))
 
 
 @pytest.mark.parametrize("group,dtype,head_dim", [(4, BF16, 128), (5, F16, 64)])
