@@ -383,13 +383,11 @@ def prefill_select_rows(
     common = dict(G=group, SINK=sink_blocks, WINDOW=window_blocks, BLOCK_G=triton.next_power_of_2(group),
                   BLOCK_D=block_d, IS_BOUND=score == "bound", IS_FP32=q.dtype == torch.float32)  # fmt: skip
     sums = (qbar, kmean, kmin, kmax, block_tables)
-    num_sms = _num_sms(q.device)
-    if "LSE_BLOCK_Q" not in (config or {}) and triton.cdiv(num_rows, lse_block_q) * num_kv_heads < num_sms:
-        lse_block_q = min(lse_block_q, block_q)  # short prefills: the larger tiles would leave SMs idle
     inline = cfg.pop("INLINE_LSE")
     if inline is None:  # short prefills: pass 1 inside the selection kernel, one launch (H200, session 7: 1.13 vs
-        # 2.02 ms at 32K, 2.21 vs 3.01 at 128K, 30.7 vs 29.8 at 1M; 512 tiles x KV heads at 128K, 32768 at 1M)
-        inline = triton.cdiv(num_rows, block_q) * num_kv_heads < 8 * num_sms
+        # 2.02 ms at 32K, 2.21 vs 3.01 at 128K, 30.7 vs 29.8 at 1M; 512 tiles x KV heads at 128K, 32768 at 1M). Above
+        # this, pass 1's tiles of twice the query blocks still number at least 4 per SM
+        inline = triton.cdiv(num_rows, block_q) * num_kv_heads < 8 * _num_sms(q.device)
     lse = torch.empty(num_rows, num_heads, dtype=torch.float32, device=q.device)
     if topk_blocks > 0 and not inline:
         # -- pass 1 on tiles of its own: without the top-k's registers a tile of twice the rows fits --
