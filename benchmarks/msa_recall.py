@@ -4,7 +4,9 @@
    knobs and other budgets, with the bound / mean scores and the oracle selector, for query positions past
    dense_below (where MSA is active).
 2. Next-token top-1 agreement, KL and perplexity of MSA (default knobs) vs dense over the last 1K tokens.
-Usage: python benchmarks/msa_recall.py [--tokens 8192] [--query-from 4096]
+Usage: python benchmarks/msa_recall.py [--tokens 8192] [--query-from 4096] [--scores bound,mean,oracle]
+       [--budgets 16/32,16/16,...] [--recall-only]
+("bound_fp8" among the scores: the bound over min/max summaries rounded outward to float8 e4m3, a what-if.)
 """
 
 import argparse
@@ -28,8 +30,12 @@ def main():
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--query-from", type=int, default=4096)
     ap.add_argument("--tail", type=int, default=1024, help="tokens scored for agreement and perplexity")
+    ap.add_argument("--scores", default="bound,mean,oracle", help="bound, mean, oracle, bound_fp8")
+    ap.add_argument("--budgets", default=",".join(f"{w}/{k}" for w, k in BUDGETS), help="window/topk blocks, ...")
+    ap.add_argument("--recall-only", action="store_true", help="skip next-token agreement and perplexity")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    budgets = [tuple(int(x) for x in b.split("/")) for b in args.budgets.split(",")]
     t0 = time.time()
     dense = LLM(attention="dense", max_model_len=args.tokens + 1, kv_cache_gb=2.0)
     ids = dense.tokenizer.encode(stdlib_text(args.tokens * 6), add_special_tokens=False)[: args.tokens]
@@ -39,13 +45,13 @@ def main():
     defaults = Config()
     configs = [
         dict(block_size=defaults.block_size, sink_blocks=defaults.sink_blocks, window_blocks=w, topk_blocks=k, score=s)
-        for w, k in BUDGETS
-        for s in ("bound", "mean", "oracle")
+        for w, k in budgets
+        for s in args.scores.split(",")
     ]
     per_layer = []
     for layer, (q, k) in enumerate(qk):
         per_layer.append(attention_recall(q, k, configs, args.query_from))
-        print(f"layer {layer}: default bound recall {per_layer[-1][0]:.4f}", flush=True)
+        print(f"layer {layer}: {configs[0]['score']} {budgets[0]} recall {per_layer[-1][0]:.4f}", flush=True)
     rows = []
     for c_idx, c in enumerate(configs):
         values = [layer_values[c_idx] for layer_values in per_layer]
@@ -60,35 +66,41 @@ def main():
             }
         )
     del qk
-    # -- next-token agreement, KL and perplexity over the tail, MSA (defaults) vs dense --
-    msa = LLM(attention="msa", max_model_len=args.tokens + 1, kv_cache_gb=2.0)
-    _, hidden_msa = capture(msa, ids)
-    tail = slice(args.tokens - args.tail - 1, args.tokens - 1)
-    head = dense.engine.runner.model
-    with torch.inference_mode():
-        logits_dense, logits_msa = head.logits(hidden_dense[tail]), head.logits(hidden_msa[tail])
-    targets = torch.tensor(ids[args.tokens - args.tail :])
-    fidelity = next_token_agreement(logits_dense, logits_msa)
-    fidelity.update(ppl_dense=perplexity(logits_dense, targets), ppl_msa=perplexity(logits_msa, targets))
-    fidelity["ppl_delta_pct"] = 100 * (fidelity["ppl_msa"] / fidelity["ppl_dense"] - 1)
+    fidelity = None if args.recall_only else tail_fidelity(dense, ids, hidden_dense, args.tokens, args.tail)
     record = {
         "model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised to float32)",
         "text": "Python standard library sources, sorted files concatenated",
         "tokens": args.tokens,
         "recall_query_positions": f">= {args.query_from}",
         "recall": rows,
-        "msa_vs_dense_last_tokens": {"tokens": args.tail, "knobs": "defaults", **fidelity},
+        "msa_vs_dense_last_tokens": fidelity and {"tokens": args.tail, "knobs": "defaults", **fidelity},
         "seconds": round(time.time() - t0, 1),
     }
     path = write_record("msa_recall", record, args.out)
-    print(f"\n{'window/topk':>12} {'score':>7} {'mean recall':>12} {'worst layer':>12}")
+    print(f"\n{'window/topk':>12} {'score':>9} {'mean recall':>12} {'worst layer':>12}")
     for r in rows:
         print(
-            f"{r['window_blocks']:>5}/{r['topk_blocks']:<6} {r['score']:>7} {r['mean_recall']:>12.4f} "
+            f"{r['window_blocks']:>5}/{r['topk_blocks']:<6} {r['score']:>9} {r['mean_recall']:>12.4f} "
             f"{r['worst_recall']:>8.4f} (L{r['worst_layer']})"
         )
-    print(f"MSA vs dense, last {args.tail} tokens: {fidelity}")
+    if fidelity:
+        print(f"MSA vs dense, last {args.tail} tokens: {fidelity}")
     print("wrote", path)
+
+
+def tail_fidelity(dense, ids: list[int], hidden_dense: torch.Tensor, tokens: int, tail: int) -> dict:
+    """Next-token agreement, KL and perplexity over the last `tail` tokens, MSA (defaults) vs dense."""
+    msa = LLM(attention="msa", max_model_len=tokens + 1, kv_cache_gb=2.0)
+    _, hidden_msa = capture(msa, ids)
+    rows = slice(tokens - tail - 1, tokens - 1)
+    head = dense.engine.runner.model
+    with torch.inference_mode():
+        logits_dense, logits_msa = head.logits(hidden_dense[rows]), head.logits(hidden_msa[rows])
+    targets = torch.tensor(ids[tokens - tail :])
+    fidelity = next_token_agreement(logits_dense, logits_msa)
+    fidelity.update(ppl_dense=perplexity(logits_dense, targets), ppl_msa=perplexity(logits_msa, targets))
+    fidelity["ppl_delta_pct"] = 100 * (fidelity["ppl_msa"] / fidelity["ppl_dense"] - 1)
+    return fidelity
 
 
 if __name__ == "__main__":
