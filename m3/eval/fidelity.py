@@ -42,8 +42,9 @@ def capture(llm, token_ids: list[int]) -> tuple[list[tuple[torch.Tensor, torch.T
         return hook
 
     handles = [a.register_forward_pre_hook(grab(i)) for i, a in enumerate(layers)]
-    norm = llm.engine.runner.model.model.norm
-    handles.append(norm.register_forward_hook(lambda m, a, out: hidden.append(out.float().clone())))
+    # the model's output is the final norm's (which runs fused with the last residual add, not as a module call)
+    model = llm.engine.runner.model
+    handles.append(model.register_forward_hook(lambda m, a, out: hidden.append(out.float().clone())))
     try:
         from m3.sampling_params import SamplingParams
 

@@ -30,3 +30,24 @@ def test_fp8_bound_stays_an_upper_bound():
     # and the true logits of every key stay below it
     true = torch.einsum("qhd,nshd->qnsh", q, keys).amax(2)
     assert (rounded >= true - 1e-5).all()
+
+
+def test_capture_returns_every_layer_and_the_final_hidden_states(tiny_model_dir):
+    from m3.eval.fidelity import attention_recall, capture
+    from m3.llm import LLM
+    from m3.sampling_params import SamplingParams
+
+    llm = LLM(tiny_model_dir, attention="dense", max_model_len=300)
+    ids = list(range(100, 300))
+    qk, hidden = capture(llm, ids)
+    assert len(qk) == 2 and hidden.shape == (200, 96) and torch.isfinite(hidden).all()
+    q, k = qk[0]
+    assert q.shape == (200, 6, 16) and k.shape == (200, 2, 16)
+    # the captured hidden states give the engine's own next token
+    with torch.inference_mode():
+        logits = llm.engine.runner.model.logits(hidden[-1:])
+    greedy = llm.generate([ids], SamplingParams(temperature=0.0, max_tokens=1))
+    assert int(logits.argmax()) == greedy[0].outputs[0].token_ids[0]
+    # a budget covering every block recalls all the dense mass
+    full = dict(block_size=16, sink_blocks=1, window_blocks=2, topk_blocks=16, score="bound")
+    assert abs(attention_recall(q, k, [full], 64)[0] - 1.0) < 1e-5

@@ -1,0 +1,1 @@
+from tests.fixtures import tiny_model_dir  # noqa: F401
