@@ -61,7 +61,7 @@ def round_outward_fp8(x: torch.Tensor, up: bool) -> torch.Tensor:
     8 bits that keep the bound score an upper bound. |x| must not exceed 448 (e4m3's largest finite value)."""
     assert float(x.abs().max()) <= 448, "beyond float8 e4m3's range"
     grid = torch.arange(256, dtype=torch.int16).to(torch.uint8).view(torch.float8_e4m3fn).float()
-    grid = torch.unique(grid[torch.isfinite(grid)])  # sorted; +0 and -0 are one value
+    grid = torch.unique(grid[torch.isfinite(grid)]).to(x.device)  # sorted; +0 and -0 are one value
     if up:
         return grid[torch.searchsorted(grid, x.contiguous(), right=False)]
     return grid[torch.searchsorted(grid, x.contiguous(), right=True) - 1]

@@ -44,8 +44,9 @@ def _summary_logits(
     mask = jm[:, None] & dm[None, :]
     if IS_BOUND:
         # sum_d max(q_d*a_d, q_d*b_d) = max(q,0).kmax + min(q,0).kmin (msa.md): two dot products
-        kx = tl.load(KMAX + offs, mask=mask, other=0.0)
-        kn = tl.load(KMIN + offs, mask=mask, other=0.0)
+        # (.to: the min/max may be stored narrower than the queries: float8 in benchmarks/decode_fp8_probe.py)
+        kx = tl.load(KMAX + offs, mask=mask, other=0.0).to(qa.dtype)
+        kn = tl.load(KMIN + offs, mask=mask, other=0.0).to(qb.dtype)
         s = _dot(qa, tl.trans(kx), IS_FP32) + _dot(qb, tl.trans(kn), IS_FP32)
     else:
         km = tl.load(KMEAN + offs, mask=mask, other=0.0)
@@ -110,8 +111,8 @@ def _qbar_kernel(
 def _scoring_queries(qbar, KMEAN, KMIN, KMAX, IS_BOUND: tl.constexpr):
     """The operands of the block logits: max(q,0), min(q,0) for the bound score, q for the mean score."""
     if IS_BOUND:
-        qa = tl.maximum(qbar, 0.0).to(KMAX.dtype.element_ty)
-        qb = tl.minimum(qbar, 0.0).to(KMIN.dtype.element_ty)
+        qa = tl.maximum(qbar, 0.0).to(KMEAN.dtype.element_ty)
+        qb = tl.minimum(qbar, 0.0).to(KMEAN.dtype.element_ty)
     else:
         qa = qbar.to(KMEAN.dtype.element_ty)
         qb = qa
