@@ -189,6 +189,7 @@ def make_prefill(n: int):
     import torch
 
     from m3.kernels.kv_cache import summarize_blocks
+    from m3.kernels.kv_cache_ref import summary_tensors
     from m3.kernels.paged_ref import prefill_query_blocks
 
     nb = n // S
@@ -202,8 +203,7 @@ def make_prefill(n: int):
         q_start=torch.zeros(1, dtype=torch.int32, device=dev),
         seq_lens=torch.tensor([n], dtype=torch.int32, device=dev),
     )
-    for name in ("kmean", "kmin", "kmax"):
-        t[name] = torch.empty(nb, HKV, D, dtype=bf, device=dev)
+    t["kmean"], t["kmin"], t["kmax"] = summary_tensors(nb, HKV, D, bf, dev)  # the engine's dtypes (float8 min/max)
     ids = torch.arange(nb, device=dev)
     t["summarize"] = lambda: summarize_blocks(t["k_cache"], ids, t["kmean"], t["kmin"], t["kmax"])
     t["summarize"]()
@@ -447,12 +447,13 @@ def decode_inputs(n: int, batch: int) -> tuple:
     import torch
 
     from m3.kernels.kv_cache import summarize_blocks
+    from m3.kernels.kv_cache_ref import summary_tensors
 
     dev, bf = "cuda", torch.bfloat16
     nb = n // S
     k_cache = torch.randn(batch * nb, S, HKV, D, dtype=bf, device=dev)
     v_cache = torch.randn_like(k_cache)
-    sums = [torch.empty(batch * nb, HKV, D, dtype=bf, device=dev) for _ in range(3)]
+    sums = summary_tensors(batch * nb, HKV, D, bf, dev)
     summarize_blocks(k_cache, torch.arange(batch * nb, device=dev), *sums)
     tables = torch.randperm(batch * nb, device=dev).int().view(batch, nb)
     lens = torch.full((batch,), n, dtype=torch.int32, device=dev)

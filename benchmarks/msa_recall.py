@@ -6,7 +6,8 @@
 2. Next-token top-1 agreement, KL and perplexity of MSA (default knobs) vs dense over the last 1K tokens.
 Usage: python benchmarks/msa_recall.py [--tokens 8192] [--query-from 4096] [--scores bound,mean,oracle]
        [--budgets 16/32,16/16,...] [--recall-only]
-("bound_fp8" among the scores: the bound over min/max summaries rounded outward to float8 e4m3, a what-if.)
+("bound" scores min/max rounded outward to float8 as the engine stores them (msa.md); "bound_exact" the exact min/max,
+the contract before session 8.)
 """
 
 import argparse
@@ -30,7 +31,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--query-from", type=int, default=4096)
     ap.add_argument("--tail", type=int, default=1024, help="tokens scored for agreement and perplexity")
-    ap.add_argument("--scores", default="bound,mean,oracle", help="bound, mean, oracle, bound_fp8")
+    ap.add_argument("--scores", default="bound,mean,oracle", help="bound, mean, oracle, bound_exact")
     ap.add_argument("--budgets", default=",".join(f"{w}/{k}" for w, k in BUDGETS), help="window/topk blocks, ...")
     ap.add_argument("--recall-only", action="store_true", help="skip next-token agreement and perplexity")
     ap.add_argument("--out", default=None)

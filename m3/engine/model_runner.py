@@ -11,6 +11,7 @@ import torch
 
 from m3.config import Config
 from m3.engine.scheduler import ScheduledBatch
+from m3.kernels.kv_cache_ref import summary_tensors
 from m3.layers.attention import AttentionMetadata, FilledBlocks, LayerCache, MSAParams, remap_from_block
 from m3.layers.sampler import Sampler
 from m3.models.args import ModelArgs
@@ -91,8 +92,8 @@ class ModelRunner:
     def _bytes_per_block(self) -> int:
         a = self.args
         elem = torch.tensor([], dtype=self.dtype).element_size()
-        summaries = (6 if self.uses_remap else 3) * a.num_kv_heads * a.head_dim
-        return a.num_layers * elem * (2 * self.block_size * a.num_kv_heads * a.head_dim + summaries)
+        summaries = (2 if self.uses_remap else 1) * a.num_kv_heads * a.head_dim * (elem + 2)  # mean + float8 min/max
+        return a.num_layers * (elem * 2 * self.block_size * a.num_kv_heads * a.head_dim + summaries)
 
     def _blocks_for(self, gigabytes: float) -> int:
         return max(1, int(gigabytes * 2**30) // self._bytes_per_block())
@@ -100,13 +101,11 @@ class ModelRunner:
     def _allocate_cache(self):
         a, nb, bs = self.args, self.num_blocks, self.block_size
         kv_shape = (nb, bs, a.num_kv_heads, a.head_dim)  # (NB, S, Hkv, D)
-        sum_shape = (nb, a.num_kv_heads, a.head_dim)  # (NB, Hkv, D)
         zeros = lambda shape: torch.zeros(shape, dtype=self.dtype, device=self.device)  # noqa: E731
+        sums = lambda: summary_tensors(nb, a.num_kv_heads, a.head_dim, self.dtype, self.device)  # noqa: E731
         for attn in self.model.attention_layers():
-            raw = (zeros(sum_shape), zeros(sum_shape), zeros(sum_shape)) if self.uses_remap else (None, None, None)
-            attn.cache = LayerCache(
-                zeros(kv_shape), zeros(kv_shape), zeros(sum_shape), zeros(sum_shape), zeros(sum_shape), *raw
-            )
+            raw = sums() if self.uses_remap else (None, None, None)
+            attn.cache = LayerCache(zeros(kv_shape), zeros(kv_shape), *sums(), *raw)
 
     def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, AttentionMetadata, list[int]]:
         bs = self.block_size

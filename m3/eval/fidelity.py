@@ -7,6 +7,7 @@ import sysconfig
 
 import torch
 
+from m3.kernels.kv_cache_ref import round_outward_fp8
 from m3.kernels.msa_select_ref import select_blocks_ref
 
 
@@ -56,25 +57,15 @@ def capture(llm, token_ids: list[int]) -> tuple[list[tuple[torch.Tensor, torch.T
     return qk, torch.cat(hidden)[: len(token_ids)]
 
 
-def round_outward_fp8(x: torch.Tensor, up: bool) -> torch.Tensor:
-    """x (float32) rounded to the float8 e4m3 grid toward +inf (up) or -inf, as float32: min/max summaries stored in
-    8 bits that keep the bound score an upper bound. |x| must not exceed 448 (e4m3's largest finite value)."""
-    assert float(x.abs().max()) <= 448, "beyond float8 e4m3's range"
-    grid = torch.arange(256, dtype=torch.int16).to(torch.uint8).view(torch.float8_e4m3fn).float()
-    grid = torch.unique(grid[torch.isfinite(grid)]).to(x.device)  # sorted; +0 and -0 are one value
-    if up:
-        return grid[torch.searchsorted(grid, x.contiguous(), right=False)]
-    return grid[torch.searchsorted(grid, x.contiguous(), right=True) - 1]
-
-
 def attention_recall(q: torch.Tensor, k: torch.Tensor, configs: list[dict], query_from: int) -> list[float]:
     """Share of dense attention probability mass inside MSA's selected blocks, for each knob set in configs.
 
     q: (T, H, D), k: (T, Hkv, D) post-RoPE at positions 0..T-1; averaged over query tokens at positions
     >= query_from and over heads. A config holds block_size, sink_blocks, window_blocks, topk_blocks and score
-    ("bound" | "mean" | "oracle"; oracle picks the blocks with the most true attention mass: the best any block
-    selector can do at that budget; "bound_fp8": the bound score over min/max summaries rounded outward to float8
-    e4m3, a what-if for 8-bit summaries). Dense probabilities are computed once per query block and shared.
+    ("bound" | "mean" | "oracle"; "bound" over min/max rounded outward to float8 as the engine stores them;
+    "bound_exact": over the exact min/max, the contract before session 8; oracle picks the blocks with the most true
+    attention mass: the best any block selector can do at that budget). Dense probabilities are computed once per
+    query block and shared.
     """
     block_size = configs[0]["block_size"]
     assert all(c["block_size"] == block_size for c in configs), "one block size per call"
@@ -83,9 +74,8 @@ def attention_recall(q: torch.Tensor, k: torch.Tensor, configs: list[dict], quer
     group = num_heads // num_kv_heads
     num_full = num_tokens // block_size
     blocks = k[: num_full * block_size].view(num_full, block_size, num_kv_heads, head_dim)
-    kmean, kmin, kmax = blocks.mean(1), blocks.amin(1), blocks.amax(1)
-    if any(c["score"] == "bound_fp8" for c in configs):
-        fp8 = (kmean, round_outward_fp8(kmin, up=False), round_outward_fp8(kmax, up=True))
+    exact = (blocks.mean(1), blocks.amin(1), blocks.amax(1))
+    stored = (exact[0], round_outward_fp8(exact[1], up=False), round_outward_fp8(exact[2], up=True))
     totals, count = [0.0] * len(configs), 0
     for i in range(query_from // block_size, -(-num_tokens // block_size)):
         start, stop = i * block_size, min((i + 1) * block_size, num_tokens)
@@ -96,7 +86,7 @@ def attention_recall(q: torch.Tensor, k: torch.Tensor, configs: list[dict], quer
         mass = torch.zeros(num_heads, i + 1).index_add_(1, torch.arange(stop) // block_size, p.sum(1))  # (H, N)
         count += p.shape[0] * p.shape[1]
         for c_idx, c in enumerate(configs):
-            sums = fp8 if c["score"] == "bound_fp8" else (kmean, kmin, kmax)
+            sums = exact if c["score"] == "bound_exact" else stored
             chosen = _chosen_blocks(c, i, qi, mass, sums, num_kv_heads, group)  # (Hkv, N)
             totals[c_idx] += float((mass * chosen.repeat_interleave(group, 0)).sum())
     return [t / max(count, 1) for t in totals]
@@ -112,7 +102,7 @@ def _chosen_blocks(c: dict, i: int, qi, mass, summaries, num_kv_heads: int, grou
             sink_blocks=sink,
             window_blocks=window,
             topk_blocks=topk,
-            score=c["score"].removesuffix("_fp8"),
+            score=c["score"].removesuffix("_exact"),
         )[0]  # (Hkv, K)
         chosen = torch.zeros(num_kv_heads, i + 1, dtype=torch.bool)
         for h in range(num_kv_heads):

@@ -2,12 +2,15 @@
 
 Twins of kv_cache_ref.py (same signatures). One program per token row for the write and one per (block, KV head) for
 the summaries; both are copies at memory speed. Summaries of un-rotated keys (remap) are written by the layer with
-the torch reference (summarize_blocks_ref with unrotate=), on any device.
+the torch reference (summarize_blocks_ref with unrotate=), on any device. Min/max summaries in float8 are rounded
+outward (_round_outward_fp8, the same arithmetic as the reference), so kernel and reference agree bit for bit.
 """
 
 import torch
 import triton
 import triton.language as tl
+
+from m3.kernels.kv_cache_ref import SUMMARY_FP8
 
 
 @triton.jit
@@ -59,6 +62,19 @@ def store_kv(
 
 
 @triton.jit
+def _round_outward_fp8(x, UP: tl.constexpr):
+    """kv_cache_ref.round_outward_fp8: float32 x to the float8 e4m3 grid toward +inf (UP) or -inf, saturating at 448;
+    the result is exact in float8, so the final cast does not round."""
+    exp = ((x.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+    step_exp = tl.maximum(exp, -6) - 3
+    step = ((step_exp + 127) << 23).to(tl.float32, bitcast=True)  # 2^step_exp (normal for these exponents)
+    inv = ((127 - step_exp) << 23).to(tl.float32, bitcast=True)
+    scaled = x * inv
+    r = (tl.math.ceil(scaled) if UP else tl.math.floor(scaled)) * step
+    return tl.minimum(tl.maximum(r, -448.0), 448.0)
+
+
+@triton.jit
 def _summarize_kernel(
     K_CACHE, BLOCK_IDS, KMEAN, KMIN, KMAX,
     stride_kb, stride_ks, stride_kh, stride_mb, stride_mh,
@@ -82,6 +98,9 @@ def _summarize_kernel(
     out = blk * stride_mb + h * stride_mh + d
     dmask = d < head_dim
     tl.store(KMEAN + out, mean.to(KMEAN.dtype.element_ty), mask=dmask)
+    if KMIN.dtype.element_ty == tl.float8e4nv:  # (msa.md: min/max in float8, rounded outward)
+        kmin = _round_outward_fp8(kmin, False)
+        kmax = _round_outward_fp8(kmax, True)
     tl.store(KMIN + out, kmin.to(KMIN.dtype.element_ty), mask=dmask)
     tl.store(KMAX + out, kmax.to(KMAX.dtype.element_ty), mask=dmask)
 
@@ -98,6 +117,7 @@ def summarize_blocks(
     assert unrotate is None, "summaries of un-rotated keys (remap): use kv_cache_ref.summarize_blocks_ref"
     num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
     assert kmean.shape == kmin.shape == kmax.shape == (num_blocks, num_kv_heads, head_dim)
+    assert kmin.dtype == kmax.dtype and kmin.dtype in (SUMMARY_FP8, kmean.dtype)
     assert kmean.stride() == kmin.stride() == kmax.stride() and kmean.stride(-1) == 1 and k_cache.stride(-1) == 1
     assert block_ids.dim() == 1 and block_ids.dtype in (torch.int32, torch.int64)
     if block_ids.numel() == 0:

@@ -1,9 +1,35 @@
 """Reference KV-cache writes: new K/V rows into the paged cache, and the per-block key summaries of msa.md.
 
-Cache layout (per layer): k_cache, v_cache (NB, S, Hkv, D); summaries kmean, kmin, kmax (NB, Hkv, D).
+Cache layout (per layer): k_cache, v_cache (NB, S, Hkv, D); summaries kmean, kmin, kmax (NB, Hkv, D): kmean in the
+cache dtype, kmin/kmax in float8 e4m3 rounded outward (msa.md "Block summaries"; any float dtype is accepted).
 """
 
 import torch
+
+SUMMARY_FP8 = torch.float8_e4m3fn  # kmin/kmax storage (msa.md)
+FP8_MAX = 448.0  # e4m3's largest finite value: summaries saturate there
+
+
+def summary_tensors(num_blocks: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, device) -> tuple:
+    """Zeroed (kmean, kmin, kmax), each (NB, Hkv, D): kmean in `dtype` (the cache's), kmin/kmax in float8 e4m3."""
+    shape = (num_blocks, num_kv_heads, head_dim)
+    return (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=SUMMARY_FP8, device=device),
+            torch.zeros(shape, dtype=SUMMARY_FP8, device=device))  # fmt: skip
+
+
+def round_outward_fp8(x: torch.Tensor, up: bool) -> torch.Tensor:
+    """x rounded to the float8 e4m3 grid toward +inf (up) or -inf, saturating at +-448, as float32 (exact in float8).
+
+    Outward rounding keeps the bound score an upper bound (msa.md); beyond +-448 it saturates and the bound is then
+    not an upper bound in that channel. The grid step of |x| in [2^e, 2^(e+1)) is 2^(e-3) (3 mantissa bits), and
+    2^-9 below 2^-6 (subnormals). Same arithmetic as the Triton twin (kv_cache._round_outward_fp8)."""
+    x = x.float()
+    bits = x.view(torch.int32)
+    exp = ((bits >> 23) & 0xFF) - 127  # floor(log2|x|) for normal floats; -127 for 0 and subnormals
+    step_exp = torch.clamp(exp, min=-6) - 3
+    scaled = torch.ldexp(x, -step_exp)
+    r = torch.ldexp(torch.ceil(scaled) if up else torch.floor(scaled), step_exp)
+    return r.clamp(-FP8_MAX, FP8_MAX)
 
 
 def store_kv_ref(
@@ -36,8 +62,11 @@ def summarize_blocks_ref(
         cos, sin = unrotate
         keys = unrope(keys, cos[:, :, None, :], sin[:, :, None, :])
     kmean[block_ids] = keys.mean(dim=1).to(kmean.dtype)
-    kmin[block_ids] = keys.amin(dim=1).to(kmin.dtype)
-    kmax[block_ids] = keys.amax(dim=1).to(kmax.dtype)
+    lo, hi = keys.amin(dim=1), keys.amax(dim=1)
+    if kmin.dtype == SUMMARY_FP8:
+        lo, hi = round_outward_fp8(lo, up=False), round_outward_fp8(hi, up=True)
+    kmin[block_ids] = lo.to(kmin.dtype)
+    kmax[block_ids] = hi.to(kmax.dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

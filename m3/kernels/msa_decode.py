@@ -32,7 +32,11 @@ from m3.kernels.remap import Remap, remap_inputs, select_remapped
 _SCORE_SPLIT = 256  # candidate blocks scored per program (the summary read is the decode floor: spread it wide)
 _TOPK_SPLIT = 1024  # candidate blocks per local top-k (fewer splits = a smaller final merge)
 _COMBINE_ELEMS = 16384  # split partials combined per load: BLOCK_C x G x D elements
-_SCORE_BLOCK_N = 64  # candidate blocks per step of the scoring loop (two pipeline stages: 20.4 vs 21.3 us at 1M)
+_SCORE_BLOCK_N = 64  # candidate blocks per step of the scoring loop (two pipeline stages: 20.4 vs 21.3 us at 1M);
+# twice that for float8 min/max (the same bytes per step: scoring at 1M x 1 13.0 vs 14.6 us, session 8)
+_SCORE_STAGES, _SCORE_WARPS = 2, 4  # launch options of the scoring kernel
+_TOPK_WARPS = 8  # top-k kernel warps for 1024-candidate splits (4 below)
+_ATTN_CHUNK, _ATTN_STAGES = 2, 2  # attention: pages per step (2 x S keys per load), pipeline stages
 _KEEP: list[torch.Tensor] = []  # every counter buffer ever handed out (captured graphs keep their pointers)
 
 
@@ -458,6 +462,7 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
     keys = torch.empty(num_seqs, num_kv_heads, num_topk_splits, block_k, dtype=torch.int64, device=q.device)
     counters = _counters(q.device, num_seqs * num_kv_heads)
     scores = torch.empty(num_seqs, num_kv_heads, group, max_blocks, dtype=torch.float32, device=q.device)
+    block_n = _SCORE_BLOCK_N * (2 if kmin.element_size() == 1 else 1)
     part_m = torch.empty(num_seqs, num_kv_heads, num_score_splits, block_g, dtype=torch.float32, device=q.device)
     part_l = torch.empty_like(part_m)
     common = dict(G=group, S=block_size, SINK=sink_blocks, WINDOW=window_blocks, BLOCK_G=block_g)
@@ -466,9 +471,9 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
         q.stride(0), q.stride(1), kmean.stride(0), kmean.stride(1), block_tables.stride(0),
         *scores.stride()[:3],
         dense_below, head_dim, LOG2E / head_dim**0.5,
-        SCORE_SPLIT=score_split, NUM_SCORE_SPLITS=num_score_splits, BLOCK_N=min(_SCORE_BLOCK_N, score_split),
+        SCORE_SPLIT=score_split, NUM_SCORE_SPLITS=num_score_splits, BLOCK_N=min(block_n, score_split),
         BLOCK_D=triton.next_power_of_2(head_dim), IS_BOUND=score == "bound", IS_FP32=q.dtype == torch.float32,
-        num_stages=2, **common,
+        num_stages=_SCORE_STAGES, num_warps=_SCORE_WARPS, **common,
     )  # fmt: skip
     _decode_topk_kernel[(num_seqs, num_kv_heads, num_topk_splits)](
         scores, part_m, part_l, seq_lens, keys, counters, pages,
@@ -477,7 +482,7 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
         TOPK=topk_blocks, NUM_PAGES=num_pages, TOPK_SPLIT=topk_split, NUM_SCORE_SPLITS=num_score_splits,
         NUM_TOPK_SPLITS=num_topk_splits, BLOCK_SCORE_SPLITS=triton.next_power_of_2(num_score_splits),
         BLOCK_TOPK_SPLITS=triton.next_power_of_2(num_topk_splits), BLOCK_GP=triton.next_power_of_2(group),
-        BLOCK_K=block_k, BLOCK_SEL=block_sel, num_warps=8 if topk_split >= 1024 else 4, **common,
+        BLOCK_K=block_k, BLOCK_SEL=block_sel, num_warps=_TOPK_WARPS if topk_split >= 1024 else 4, **common,
     )  # fmt: skip
     return pages
 
@@ -519,7 +524,7 @@ def msa_decode_sparse(
     if num_seqs == 0:
         return o
     num_pages = pages.shape[2]
-    chunk = 2  # pages per step: 2 x S keys per load
+    chunk = _ATTN_CHUNK
     num_splits = decode_splits(num_seqs, num_kv_heads, triton.cdiv(num_pages, chunk), q.device)[1]
     block_g = max(16, triton.next_power_of_2(group))  # rows of the dot: at least 16
     block_gp = triton.next_power_of_2(group)
@@ -539,7 +544,7 @@ def msa_decode_sparse(
         BLOCK_G=block_g, BLOCK_GP=block_gp, BLOCK_D=block_d,
         BLOCK_C=max(1, min(triton.next_power_of_2(num_splits), _COMBINE_ELEMS // (block_gp * block_d))),
         IS_FP32=q.dtype == torch.float32, REMAP=remap is not None, WINDOW=window,
-        FORCED=forced is not None, SINK=sink, SEL_WINDOW=sel_window, TOPK=topk, num_warps=4, num_stages=2,
+        FORCED=forced is not None, SINK=sink, SEL_WINDOW=sel_window, TOPK=topk, num_warps=4, num_stages=_ATTN_STAGES,
     )  # fmt: skip
     return o
 

@@ -1,8 +1,14 @@
-"""m3.eval.fidelity helpers that need no model: the outward float8 rounding of min/max summaries."""
+"""The outward float8 rounding of min/max summaries (kv_cache_ref) and m3.eval.fidelity on the tiny model."""
 
 import torch
 
-from m3.eval.fidelity import round_outward_fp8
+from m3.kernels.kv_cache_ref import round_outward_fp8
+
+
+def _grid() -> torch.Tensor:
+    """Every finite float8 e4m3 value, ascending (+0 and -0 once)."""
+    grid = torch.arange(256, dtype=torch.int16).to(torch.uint8).view(torch.float8_e4m3fn).float()
+    return torch.unique(grid[torch.isfinite(grid)])
 
 
 def test_round_outward_fp8_is_outward_and_on_the_grid():
@@ -16,6 +22,16 @@ def test_round_outward_fp8_is_outward_and_on_the_grid():
     # the nearest grid points: nothing representable lies strictly between x and its rounding (3 mantissa bits)
     assert ((up - x) <= x.abs() / 8 + 2**-9).all() and ((x - down) <= x.abs() / 8 + 2**-9).all()
     assert float(up[-3]) == 2**-9 and float(down[-2]) == -(2**-9)  # tiny values go to the smallest subnormal
+    # the same points as a search over the whole grid
+    grid = _grid()
+    assert torch.equal(up, grid[torch.searchsorted(grid, x, right=False)])
+    assert torch.equal(down, grid[torch.searchsorted(grid, x, right=True) - 1])
+
+
+def test_round_outward_fp8_saturates():
+    x = torch.tensor([448.5, 1000.0, -1e9, 447.0, -447.0])
+    assert round_outward_fp8(x, up=True).tolist() == [448.0, 448.0, -448.0, 448.0, -416.0]
+    assert round_outward_fp8(x, up=False).tolist() == [448.0, 448.0, -448.0, 416.0, -448.0]
 
 
 def test_fp8_bound_stays_an_upper_bound():

@@ -18,7 +18,14 @@ from triton.runtime.jit import JITFunction
 sys.path.insert(0, os.path.dirname(__file__))
 from msa_cases import make_batch, make_remap  # noqa: E402
 
-TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int32: "i32", torch.int64: "i64"}
+TYPES = {
+    torch.float32: "fp32",
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.int32: "i32",
+    torch.int64: "i64",
+    torch.float8_e4m3fn: "fp8e4nv",
+}
 SEEN: dict[tuple, bool] = {}
 
 
@@ -41,7 +48,12 @@ def _compile_instead_of_run(self, *args, grid, warmup, **kwargs):
             aligned = int(value) % 16 == 0
         if aligned:  # as the JIT specialises: pointers and integers divisible by 16 (vectorised loads follow from it)
             attrs[(i,)] = [["tt.divisibility", 16]]
-    key = (self.fn.__name__, tuple(sorted((k, repr(v)) for k, v in constexprs.items())), str(options))
+    key = (
+        self.fn.__name__,
+        tuple(sorted((k, repr(v)) for k, v in constexprs.items())),
+        str(options),
+        tuple(sorted(signature.items())),
+    )
     if key in SEEN:
         return None
     try:
@@ -72,6 +84,13 @@ def main():
         d = make_batch(decode_specs, num_kv_heads=2, group=group, head_dim=head_dim, block_size=64, dtype=dtype,
                        decode=True)  # fmt: skip
         msa_decode_attention(*d.decode_args(), **knobs)
+        if dtype == bf16:  # min/max in the cache dtype (accepted beside the engine's float8)
+            c = make_batch(specs, num_kv_heads=2, group=group, head_dim=head_dim, block_size=64, dtype=dtype,
+                           summary_dtype=None)  # fmt: skip
+            msa_prefill_attention(*c.attention_args(), **knobs)
+            c = make_batch(decode_specs, num_kv_heads=2, group=group, head_dim=head_dim, block_size=64, dtype=dtype,
+                           decode=True, summary_dtype=None)  # fmt: skip
+            msa_decode_attention(*c.decode_args(), **knobs)
         msa_decode_attention(*d.decode_args(), **{**knobs, "topk_blocks": 0, "dense_below": 1 << 30})
         lists = torch.full((d.q.shape[0], 2, 50), -1, dtype=torch.int32)  # any lists: every page read from them
         msa_decode_sparse(*d.decode_sparse_args(), lists, dense_below=256)
@@ -82,8 +101,9 @@ def main():
         k = torch.randn(10, 2, head_dim, dtype=dtype)
         cache = torch.zeros(4, 64, 2, head_dim, dtype=dtype)
         store_kv(k, k, cache, cache, torch.arange(10))
-        sums = [torch.zeros(4, 2, head_dim, dtype=dtype) for _ in range(3)]
-        summarize_blocks(cache, torch.arange(2), *sums)
+        for sum_dtype in (dtype, torch.float8_e4m3fn):
+            sums = [torch.zeros(4, 2, head_dim, dtype=dt) for dt in (dtype, sum_dtype, sum_dtype)]
+            summarize_blocks(cache, torch.arange(2), *sums)
     for dtype in (bf16, torch.float16, torch.float32):
         x = torch.randn(3, 3584, dtype=dtype)
         rms_norm(x, torch.ones(3584, dtype=dtype), 1e-6)

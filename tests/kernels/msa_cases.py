@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from m3.kernels.kv_cache_ref import rope, store_kv_ref, summarize_blocks_ref, unrope
+from m3.kernels.kv_cache_ref import SUMMARY_FP8, rope, store_kv_ref, summarize_blocks_ref, unrope
 from m3.kernels.msa_select_ref import block_scores_ref
 from m3.kernels.paged_ref import prefill_query_blocks
 from m3.kernels.remap import Remap, key_cos_sin, rope_tables
@@ -63,9 +63,11 @@ def make_batch(
     seed: int = 0,
     decode: bool = False,
     bias: float = 1.0,
+    summary_dtype: torch.dtype | None = SUMMARY_FP8,
 ) -> Batch:
     """specs: per sequence (tokens cached before the step, query tokens). decode=True: q is (B, H, D), one token per
-    sequence at position seq_len - 1 (query length 1 or 0 for padding rows)."""
+    sequence at position seq_len - 1 (query length 1 or 0 for padding rows). summary_dtype of kmin/kmax: float8 as
+    the engine stores them, None = the cache dtype."""
     gen = torch.Generator().manual_seed(seed)
     S, Hkv, D, H = block_size, num_kv_heads, head_dim, num_kv_heads * group
     seq_lens = [s + n for s, n in specs]
@@ -80,7 +82,8 @@ def make_batch(
         used += n
     k_cache = torch.full((num_blocks, S, Hkv, D), float("nan"), dtype=dtype)
     v_cache = torch.full_like(k_cache, float("nan"))
-    kmean, kmin, kmax = (torch.full((num_blocks, Hkv, D), float("nan"), dtype=dtype) for _ in range(3))
+    kmean, kmin, kmax = (torch.full((num_blocks, Hkv, D), float("nan"), dtype=dt)
+                         for dt in (dtype, summary_dtype or dtype, summary_dtype or dtype))  # fmt: skip
     qs, full = [], []
     for b, (start, n) in enumerate(specs):
         L = seq_lens[b]
@@ -122,7 +125,7 @@ def make_remap(batch: Batch, *, window_blocks: int, from_block: int, decode: boo
     dev = batch.q.device
     inv_freq = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
     tables = rope_tables(inv_freq, batch.block_tables.shape[1], S, dev)
-    raw = [torch.full_like(batch.kmean, float("nan")) for _ in range(3)]
+    raw = [torch.full_like(s, float("nan")) for s in (batch.kmean, batch.kmin, batch.kmax)]
     remap = Remap(batch.q, *raw, *tables, window_blocks=window_blocks, from_block=from_block)
     cos, sin = key_cos_sin(remap, query_positions(batch, decode))
     far_cos, far_sin = key_cos_sin(remap, torch.full((1,), window_blocks * S, device=dev))
@@ -290,7 +293,8 @@ def assert_flash_bar(out: torch.Tensor, ref32: torch.Tensor, ref_lowp: torch.Ten
 # -- kernel-vs-reference checks, shared by the interpreter (CPU) and GPU tests --
 
 
-def check_kv_cache(device: str, dtype: torch.dtype, *, num_kv_heads=2, head_dim=32, block_size=16, seed=0):
+def check_kv_cache(device: str, dtype: torch.dtype, *, num_kv_heads=2, head_dim=32, block_size=16, seed=0,
+                   summary_dtype: torch.dtype | None = SUMMARY_FP8):  # fmt: skip
     from m3.kernels.kv_cache import store_kv, summarize_blocks
 
     gen = torch.Generator().manual_seed(seed)
@@ -308,10 +312,19 @@ def check_kv_cache(device: str, dtype: torch.dtype, *, num_kv_heads=2, head_dim=
     assert torch.equal(caches[1].nan_to_num(7.0), caches[3].nan_to_num(7.0))
     full = torch.randn(NB, block_size, num_kv_heads, head_dim, generator=gen).to(device, dtype)
     ids = torch.tensor([4, 0, 2], device=device)
-    sums = [torch.zeros(NB, num_kv_heads, head_dim, dtype=dtype, device=device) for _ in range(6)]
+    # keys beyond float8's range in a few channels: the summaries saturate at +-448
+    full[0, 1, 0, :3] = torch.tensor([500.0, -1000.0, 447.0], dtype=dtype)
+    dts = [dtype, summary_dtype or dtype, summary_dtype or dtype] * 2
+    sums = [torch.zeros(NB, num_kv_heads, head_dim, dtype=dt, device=device) for dt in dts]
     summarize_blocks(full, ids, *sums[:3])
     summarize_blocks_ref(full, ids, *sums[3:])
-    assert torch.equal(sums[1], sums[4]) and torch.equal(sums[2], sums[5])  # min/max exact
+    bits = lambda t: t.view(torch.uint8) if t.dtype == SUMMARY_FP8 else t  # noqa: E731
+    assert torch.equal(bits(sums[1]), bits(sums[4])) and torch.equal(bits(sums[2]), bits(sums[5]))  # min/max exact
+    keys = full[ids].float()
+    assert (sums[1][ids].float() <= keys.amin(1).clamp(min=-448)).all()  # outward (rounded or exact)
+    assert (sums[2][ids].float() >= keys.amax(1).clamp(max=448)).all()
+    if summary_dtype == SUMMARY_FP8:
+        assert float(sums[2][0, 0, 0]) == 448.0 and float(sums[1][0, 0, 1]) == -448.0  # saturated
     tol = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
     torch.testing.assert_close(sums[0].float(), sums[3].float(), atol=tol, rtol=tol)  # mean: summation order
 

@@ -32,8 +32,9 @@ DEFAULTS = dict(block_size=64, sink_blocks=1, window_blocks=16, topk_blocks=32, 
 
 
 @pytest.mark.parametrize("dtype", [BF16, F16])
-def test_kv_cache(dtype):
-    check_kv_cache("cuda", dtype, num_kv_heads=8, head_dim=128, block_size=64)
+@pytest.mark.parametrize("summary_dtype", [torch.float8_e4m3fn, None])
+def test_kv_cache(dtype, summary_dtype):
+    check_kv_cache("cuda", dtype, num_kv_heads=8, head_dim=128, block_size=64, summary_dtype=summary_dtype)
 
 
 PREFILL_CASES = [  # (G, dtype, D, score)
@@ -85,6 +86,15 @@ def test_decode(group, dtype, head_dim, score):
     batch = make_batch(DECODE_SPECS, num_kv_heads=2, group=group, head_dim=head_dim, block_size=64, dtype=dtype,
                        device="cuda", decode=True, seed=group)  # fmt: skip
     check_decode(batch, {**DEFAULTS, "score": score, "dense_below": 256})
+
+
+@pytest.mark.parametrize("group,dtype", [(4, BF16), (5, F16)])
+def test_summaries_in_the_cache_dtype(group, dtype):
+    # min/max in the cache dtype (msa.md before session 8; still accepted): scored with operands in that dtype
+    kw = dict(num_kv_heads=2, group=group, head_dim=128, block_size=64, dtype=dtype, device="cuda", seed=group,
+              summary_dtype=None)  # fmt: skip
+    check_prefill(make_batch(SPECS, **kw), KNOBS)
+    check_decode(make_batch(DECODE_SPECS, decode=True, **kw), {**KNOBS, "dense_below": 1000})
 
 
 @pytest.mark.parametrize("seed", range(4))

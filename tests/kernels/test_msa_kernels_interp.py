@@ -36,8 +36,9 @@ def _interpreted():
 
 
 @pytest.mark.parametrize("dtype", [F32, F16, BF16])
-def test_kv_cache(dtype):
-    check_kv_cache("cpu", dtype)
+@pytest.mark.parametrize("summary_dtype", [torch.float8_e4m3fn, None])
+def test_kv_cache(dtype, summary_dtype):
+    check_kv_cache("cpu", dtype, summary_dtype=summary_dtype)
 
 
 PREFILL_CASES = [  # (G, dtype, D, score)
@@ -95,6 +96,14 @@ def test_decode(group, dtype, score):
     batch = make_batch(DECODE_SPECS, num_kv_heads=2, group=group, head_dim=16, block_size=16, dtype=dtype, decode=True,
                        seed=group)  # fmt: skip
     check_decode(batch, {**KNOBS, "score": score, "dense_below": 45})
+
+
+@pytest.mark.parametrize("group,dtype", [(3, BF16), (4, F32)])
+def test_summaries_in_the_cache_dtype(group, dtype):
+    # min/max in the cache dtype (msa.md before session 8; still accepted): scored with operands in that dtype
+    kw = dict(num_kv_heads=2, group=group, head_dim=16, block_size=16, dtype=dtype, seed=group, summary_dtype=None)
+    check_prefill(make_batch(SPECS, **kw), KNOBS)
+    check_decode(make_batch(DECODE_SPECS, decode=True, **kw), {**KNOBS, "dense_below": 45})
 
 
 def test_decode_many_splits(monkeypatch):
