@@ -8,7 +8,7 @@ import sysconfig
 import torch
 
 from m3.kernels.kv_cache_ref import round_outward_fp8
-from m3.kernels.msa_select_ref import select_blocks_ref
+from m3.kernels.msa_select_ref import block_scores_ref, select_blocks_ref
 
 
 def stdlib_text(num_chars: int, skip_files: int = 0) -> str:
@@ -94,6 +94,8 @@ def attention_recall(q: torch.Tensor, k: torch.Tensor, configs: list[dict], quer
 
 def _chosen_blocks(c: dict, i: int, qi, mass, summaries, num_kv_heads: int, group: int) -> torch.Tensor:
     sink, window, topk = c["sink_blocks"], c["window_blocks"], c["topk_blocks"]
+    if c["score"] in GROUP_WHAT_IFS:
+        return _chosen_local(c, i, qi, summaries, num_kv_heads)
     if c["score"] != "oracle":
         sel = select_blocks_ref(
             qi.mean(0, keepdim=True),
@@ -129,3 +131,25 @@ def next_token_agreement(logits_a: torch.Tensor, logits_b: torch.Tensor) -> dict
 def perplexity(logits: torch.Tensor, next_ids: torch.Tensor) -> float:
     """exp(mean NLL) of next_ids (T,) under logits (T, V)."""
     return float(torch.nn.functional.cross_entropy(logits.float(), next_ids).exp())
+
+
+# what-ifs for the group aggregation: scores each block can get without the per-head softmax over all candidates
+# (msa.md sums softmax probabilities over the group, which needs every candidate's logit first)
+GROUP_WHAT_IFS = {
+    "bound_max": lambda s: s.amax(1),  # the group's largest bound logit
+    "bound_lse": lambda s: torch.logsumexp(s, 1),  # log sum_g exp(logit), unnormalised over the candidates
+}
+
+
+def _chosen_local(c: dict, i: int, qi, summaries, num_kv_heads: int) -> torch.Tensor:
+    sink, window, topk = c["sink_blocks"], c["window_blocks"], c["topk_blocks"]
+    forced = torch.zeros(i + 1, dtype=torch.bool)
+    forced[: min(sink, i)] = True
+    forced[max(sink, i - window) :] = True
+    chosen = forced[None].repeat(num_kv_heads, 1)
+    num_cand = int((~forced).sum())
+    if num_cand and topk:
+        s = block_scores_ref(qi.mean(0, keepdim=True), *summaries, "bound")[0][..., :i]  # (Hkv, G, i)
+        score = GROUP_WHAT_IFS[c["score"]](s).masked_fill(forced[None, :i], float("-inf"))
+        chosen[:, :i].scatter_(1, score.topk(min(topk, num_cand), dim=1).indices, True)
+    return chosen

@@ -67,3 +67,18 @@ def test_capture_returns_every_layer_and_the_final_hidden_states(tiny_model_dir)
     # a budget covering every block recalls all the dense mass
     full = dict(block_size=16, sink_blocks=1, window_blocks=2, topk_blocks=16, score="bound")
     assert abs(attention_recall(q, k, [full], 64)[0] - 1.0) < 1e-5
+
+
+def test_group_what_ifs_equal_the_softmax_sum_for_one_head_per_group():
+    # with G = 1 the per-head softmax is monotone in the logit, so every aggregation picks the same blocks; with G = 2
+    # they may differ, and the largest logit is not the softmax sum
+    from m3.eval.fidelity import attention_recall
+
+    torch.manual_seed(0)
+    q = torch.randn(640, 2, 16)
+    cfg = lambda s: dict(block_size=16, sink_blocks=1, window_blocks=2, topk_blocks=4, score=s)  # noqa: E731
+    scores = ["bound", "bound_max", "bound_lse"]
+    one = attention_recall(q, torch.randn(640, 2, 16), [cfg(s) for s in scores], query_from=320)
+    assert one[0] == one[1] == one[2]
+    two = attention_recall(q, torch.randn(640, 1, 16), [cfg(s) for s in scores], query_from=320)
+    assert two[0] != two[1] and all(0.0 < r < 1.0 for r in two)
