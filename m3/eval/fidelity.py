@@ -110,14 +110,20 @@ def _chosen_blocks(c: dict, i: int, qi, mass, summaries, num_kv_heads: int, grou
         for h in range(num_kv_heads):
             chosen[h, sel[h][sel[h] >= 0]] = True
         return chosen
+    return _forced_and_top(i, sink, window, topk, num_kv_heads, lambda: mass.view(num_kv_heads, group, -1).sum(1))
+
+
+def _forced_and_top(i: int, sink: int, window: int, topk: int, num_kv_heads: int, score_of) -> torch.Tensor:
+    """(Hkv, i+1) bool: sinks, window and current block i, plus the topk other blocks by score_of() (Hkv, i+1)."""
     forced = torch.zeros(i + 1, dtype=torch.bool)
     forced[: min(sink, i)] = True
     forced[max(sink, i - window) :] = True
+    forced[i] = True  # (the current block, also when i < sink)
     chosen = forced[None].repeat(num_kv_heads, 1)
     num_cand = int((~forced).sum())
     if num_cand and topk:
-        group_mass = mass.view(num_kv_heads, group, -1).sum(1).masked_fill(forced[None], float("-inf"))
-        chosen.scatter_(1, group_mass.topk(min(topk, num_cand), dim=1).indices, True)
+        score = score_of().masked_fill(forced[None], float("-inf"))
+        chosen.scatter_(1, score.topk(min(topk, num_cand), dim=1).indices, True)
     return chosen
 
 
@@ -142,14 +148,8 @@ GROUP_WHAT_IFS = {
 
 
 def _chosen_local(c: dict, i: int, qi, summaries, num_kv_heads: int) -> torch.Tensor:
-    sink, window, topk = c["sink_blocks"], c["window_blocks"], c["topk_blocks"]
-    forced = torch.zeros(i + 1, dtype=torch.bool)
-    forced[: min(sink, i)] = True
-    forced[max(sink, i - window) :] = True
-    chosen = forced[None].repeat(num_kv_heads, 1)
-    num_cand = int((~forced).sum())
-    if num_cand and topk:
+    def score_of():
         s = block_scores_ref(qi.mean(0, keepdim=True), *summaries, "bound")[0][..., :i]  # (Hkv, G, i)
-        score = GROUP_WHAT_IFS[c["score"]](s).masked_fill(forced[None, :i], float("-inf"))
-        chosen[:, :i].scatter_(1, score.topk(min(topk, num_cand), dim=1).indices, True)
-    return chosen
+        return torch.nn.functional.pad(GROUP_WHAT_IFS[c["score"]](s), (0, 1))  # block i: forced anyway
+
+    return _forced_and_top(i, c["sink_blocks"], c["window_blocks"], c["topk_blocks"], num_kv_heads, score_of)

@@ -114,9 +114,9 @@ def _scoring_queries(qbar, KMEAN, KMIN, KMAX, IS_BOUND: tl.constexpr):
     """The operands of the block logits: max(q,0), min(q,0) for the bound score, q for the mean score."""
     if IS_BOUND:
         if KMEAN.dtype.element_ty == tl.bfloat16 and KMIN.dtype.element_ty != tl.bfloat16:
-            # float8 summaries (or prefill's float16 copy of them) against float16 operands: float8 -> float16 is one
-            # conversion instruction, -> bfloat16 is not (decode scoring at 1M x 1 on the H200: 13.0 vs 18.9 us,
-            # session-8 probe)
+            # float8 summaries (or prefill's float16 copy of them) against float16 operands: float8 -> bfloat16
+            # costs many more instructions (Nsight Compute, decode scoring at 1M x 1: 6.20M vs 4.56M; 18.9 vs 13.0 us
+            # on the H200, session-8 probe)
             qa = tl.maximum(qbar, 0.0).to(tl.float16)
             qb = tl.minimum(qbar, 0.0).to(tl.float16)
         else:
@@ -394,9 +394,10 @@ def prefill_select_rows(
     common = dict(G=group, SINK=sink_blocks, WINDOW=window_blocks, BLOCK_G=triton.next_power_of_2(group),
                   BLOCK_D=block_d, IS_BOUND=score == "bound", IS_FP32=q.dtype == torch.float32)  # fmt: skip
     if kmin.dtype == SUMMARY_FP8 and q.dtype != torch.float32:
-        # float8 min/max widened to float16 once per call (the same values; at 1M ~0.03 ms against 30): the tiles then
-        # load 16-bit summaries straight into shared memory for the dot, where converting float8 in every tile cost
-        # 11% of the selection at 1M (33.4 vs 30.0 ms on the H200, session 8)
+        # float8 min/max widened to float16 once per call (the same values; the whole pool's min/max, ~100 MB of
+        # traffic at 1M, timed only inside the selection: 30.1 ms with it): the tiles then load 16-bit summaries
+        # straight into shared memory for the dot, where converting float8 in every tile cost 11% of the selection at
+        # 1M (33.4 vs 30.0 ms on the H200, session 8)
         kmin, kmax = kmin.to(torch.float16), kmax.to(torch.float16)
     sums = (qbar, kmean, kmin, kmax, block_tables)
     inline = cfg.pop("INLINE_LSE")

@@ -82,3 +82,14 @@ def test_group_what_ifs_equal_the_softmax_sum_for_one_head_per_group():
     assert one[0] == one[1] == one[2]
     two = attention_recall(q, torch.randn(640, 1, 16), [cfg(s) for s in scores], query_from=320)
     assert two[0] != two[1] and all(0.0 < r < 1.0 for r in two)
+
+
+def test_first_query_block_attends_itself():
+    # block 0 is the current block of the first query block (i = 0 < sink_blocks): always selected, so recall is 1
+    from m3.eval.fidelity import attention_recall
+
+    torch.manual_seed(1)
+    q, k = torch.randn(16, 4, 8), torch.randn(16, 2, 8)
+    cfgs = [dict(block_size=16, sink_blocks=1, window_blocks=2, topk_blocks=t, score=s)
+            for s in ("bound", "oracle", "bound_max") for t in (0, 4)]  # fmt: skip
+    assert attention_recall(q, k, cfgs, query_from=0) == [1.0] * len(cfgs)
