@@ -36,6 +36,7 @@ _SCORE_BLOCK_N = 64  # candidate blocks per step of the scoring loop (two pipeli
 # twice that for float8 min/max (the same bytes per step: scoring at 1M x 1 13.0 vs 14.6 us, session 8)
 _SCORE_STAGES, _SCORE_WARPS = 2, 4  # launch options of the scoring kernel
 _TOPK_WARPS = 8  # top-k kernel warps for 1024-candidate splits (4 below)
+_TOPK_KEYS32 = True  # a split's top-k on 32-bit keys (16-bit queries: scores rounded to 31 - log2(split) bits)
 _ATTN_CHUNK, _ATTN_STAGES = 2, 2  # attention: pages per step (2 x S keys per load), pipeline stages
 _KEEP: list[torch.Tensor] = []  # every counter buffer ever handed out (captured graphs keep their pointers)
 
@@ -151,6 +152,7 @@ def _decode_topk_kernel(
     NUM_PAGES: tl.constexpr, TOPK_SPLIT: tl.constexpr, NUM_SCORE_SPLITS: tl.constexpr,
     NUM_TOPK_SPLITS: tl.constexpr, BLOCK_SCORE_SPLITS: tl.constexpr, BLOCK_TOPK_SPLITS: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_SEL: tl.constexpr,
+    LOCAL_BITS: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -179,7 +181,14 @@ def _decode_topk_kernel(
     sc_row = SC + b.to(tl.int64) * stride_scb + h * stride_sch + gp[:, None] * stride_scg
     s = tl.load(sc_row + jj[None, :], mask=valid, other=float("-inf"))
     p = tl.where(valid, tl.math.exp2(s - lse[:, None]), 0.0)
-    top = tl.topk(_pack_keys(tl.sum(p, axis=0), jj, jm), BLOCK_K)  # best first
+    if LOCAL_BITS == 0:
+        top = tl.topk(_pack_keys(tl.sum(p, axis=0), jj, jm), BLOCK_K)  # best first
+    else:
+        # -- the split's top-k on 32-bit keys (position in the split below the score's upper bits), then int64 keys
+        # (the same rounded score above the block id) for the merge --
+        top = tl.topk(_pack_keys(tl.sum(p, axis=0), jj - lo, jm, LOCAL_BITS), BLOCK_K)
+        score_bits = ((top >> LOCAL_BITS) << LOCAL_BITS).to(tl.int64)
+        top = tl.where(top >= 0, (score_bits << 32) | (lo + _low_ids(top, LOCAL_BITS)).to(tl.int64), -1)
     row = PAGES + b.to(tl.int64) * stride_pb + h * stride_ph
     if NUM_TOPK_SPLITS == 1:
         _store_pages(top, seq_len, row, dense_below, S, SINK, WINDOW, TOPK, NUM_PAGES, BLOCK_K, BLOCK_SEL)
@@ -482,7 +491,8 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
         TOPK=topk_blocks, NUM_PAGES=num_pages, TOPK_SPLIT=topk_split, NUM_SCORE_SPLITS=num_score_splits,
         NUM_TOPK_SPLITS=num_topk_splits, BLOCK_SCORE_SPLITS=triton.next_power_of_2(num_score_splits),
         BLOCK_TOPK_SPLITS=triton.next_power_of_2(num_topk_splits), BLOCK_GP=triton.next_power_of_2(group),
-        BLOCK_K=block_k, BLOCK_SEL=block_sel, num_warps=_TOPK_WARPS if topk_split >= 1024 else 4, **common,
+        BLOCK_K=block_k, BLOCK_SEL=block_sel, num_warps=_TOPK_WARPS if topk_split >= 1024 else 4,
+        LOCAL_BITS=(topk_split - 1).bit_length() if q.dtype != torch.float32 and _TOPK_KEYS32 else 0, **common,
     )  # fmt: skip
     return pages
 

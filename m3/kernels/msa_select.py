@@ -23,6 +23,7 @@ from m3.kernels.paged_ref import num_selected, prefill_query_blocks, query_block
 from m3.kernels.remap import Remap, select_remapped
 
 LOG2E = 1.4426950408889634
+_MAX_ID_BITS = 16  # 32-bit selection keys keep >= 7 mantissa bits of the score (up to 65,536 blocks per sequence)
 
 
 @triton.jit
@@ -57,15 +58,25 @@ def _summary_logits(
 
 
 @triton.jit
-def _pack_keys(p, j, valid):
-    """(score >= 0, block id) -> int64 keys ordered by score then id; -1 where invalid."""
-    bits = p.to(tl.int32, bitcast=True).to(tl.int64)
-    return tl.where(valid, (bits << 32) | j.to(tl.int64), -1)
+def _pack_keys(p, j, valid, ID_BITS: tl.constexpr = 0):
+    """(score >= 0, block id) -> keys ordered by score then id; -1 where invalid. ID_BITS 0: int64, the score's float
+    bits above the id; else int32, the id in the low ID_BITS bits of the score's bits (the score rounded down to
+    31 - ID_BITS bits: 8 of exponent, the rest of mantissa; block ids < 2^ID_BITS)."""
+    bits = p.to(tl.int32, bitcast=True)
+    if ID_BITS == 0:
+        key = (bits.to(tl.int64) << 32) | j.to(tl.int64)
+    else:
+        key = ((bits >> ID_BITS) << ID_BITS) | j
+    return tl.where(valid, key, -1)
 
 
 @triton.jit
-def _low_ids(keys):
-    return (keys - ((keys >> 32) << 32)).to(tl.int32)
+def _low_ids(keys, ID_BITS: tl.constexpr = 0):
+    if ID_BITS == 0:
+        ids = (keys - ((keys >> 32) << 32)).to(tl.int32)
+    else:
+        ids = keys & ((1 << ID_BITS) - 1)
+    return ids
 
 
 @triton.jit
@@ -228,7 +239,7 @@ def _select_kernel(
     G: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, TOPK: tl.constexpr, NUM_SEL: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_SEL: tl.constexpr, BLOCK_D: tl.constexpr, IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr,
-    MERGE_AT: tl.constexpr, INLINE_LSE: tl.constexpr,
+    MERGE_AT: tl.constexpr, INLINE_LSE: tl.constexpr, ID_BITS: tl.constexpr,
 ):  # fmt: skip
     """Pass 2 (and pass 1 first, INLINE_LSE) of a tile: its rows' selections into SEL."""
     pid = tl.program_id(0)
@@ -254,7 +265,9 @@ def _select_kernel(
         else:
             lse = tl.load(LSE + wr.to(tl.int64) * stride_lq + h * G + g, mask=ok_r, other=float("inf"))
     # -- pass 2: probabilities summed over the group, streaming top-k per query block --
-    run = tl.full([BLOCK_Q, BLOCK_K], -1, tl.int64)  # sorted descending
+    run = tl.full([BLOCK_Q, BLOCK_K], -1, tl.int32)  # sorted descending
+    if ID_BITS == 0:
+        run = run.to(tl.int64)
     jn = j_hi - BLOCK_N + tl.arange(0, BLOCK_N)
     phys_n = tl.load(bt_row + jn, mask=tl.where(n_chunks > 0, jn >= SINK, False), other=0)
     for c in range(0, n_chunks):
@@ -264,7 +277,7 @@ def _select_kernel(
         if edge:
             p = tl.where(jm[None, :] & (j[None, :] < hi_r[:, None]), p, 0.0)
         pq = tl.sum(tl.reshape(p, [BLOCK_Q, BLOCK_G, BLOCK_N]), axis=1)  # (BLOCK_Q, BLOCK_N)
-        key = _pack_keys(pq, j[None, :], True)
+        key = _pack_keys(pq, j[None, :], True, ID_BITS)
         if edge:
             key = tl.where(jm[None, :] & (j[None, :] < hi_q[:, None]), key, -1)
         # candidates that beat their row's current k-th best; keys are unique, so the set stays exact
@@ -289,7 +302,7 @@ def _select_kernel(
     # -- chosen blocks: the best TOPK, as ascending ids --
     rank = tl.arange(0, BLOCK_K)
     chosen = (rank[None, :] < TOPK) & (run >= 0)
-    ids = tl.sort(tl.where(chosen, _low_ids(run), 2147483647), dim=1)
+    ids = tl.sort(tl.where(chosen, _low_ids(run, ID_BITS), 2147483647), dim=1)
     n_ch = tl.sum(chosen.to(tl.int32), axis=1)
     # -- pack the row: sinks, chosen, window, current block, -1 padding (ascending ids) --
     n_sink = tl.minimum(i_q, SINK)
@@ -354,7 +367,8 @@ def select_config(group: int, topk_blocks: int) -> dict:
     # the H200 against 35.1 with the session-5 kernel (with the unmasked middle chunks); the mean-query kernel with two
     # warps: 29.9 vs 31.1 ms (it took 4.1 ms with four, twice its read of q; kernel_ab records, session 6)
     return dict(BLOCK_Q=block_q, BLOCK_N=max(64, block_k), MERGE_AT=8, num_warps=8, num_stages=3,
-                LSE_BLOCK_Q=2 * block_q, LSE_WARPS=8, LSE_STAGES=3, QBAR_WARPS=2, INLINE_LSE=None)  # fmt: skip
+                LSE_BLOCK_Q=2 * block_q, LSE_WARPS=8, LSE_STAGES=3, QBAR_WARPS=2, INLINE_LSE=None,
+                KEYS32=None)  # fmt: skip
 
 
 def prefill_select_rows(
@@ -401,6 +415,11 @@ def prefill_select_rows(
         kmin, kmax = kmin.to(torch.float16), kmax.to(torch.float16)
     sums = (qbar, kmean, kmin, kmax, block_tables)
     inline = cfg.pop("INLINE_LSE")
+    # 32-bit keys (score rounded to 31 - id_bits bits, id below) for 16-bit queries: the score itself is only as
+    # precise as the 16-bit scoring dot; float32 keeps exact int64 keys
+    id_bits = max(1, (block_tables.shape[1] - 1).bit_length())
+    keys32 = cfg.pop("KEYS32")
+    keys32 = q.dtype != torch.float32 and id_bits <= _MAX_ID_BITS if keys32 is None else keys32
     if inline is None:  # short prefills: pass 1 inside the selection kernel, one launch (H200, session 7: 1.13 vs
         # 2.02 ms at 32K, 2.21 vs 3.01 at 128K, 30.7 vs 29.8 at 1M; 512 tiles x KV heads at 128K, 32768 at 1M). Above
         # this, pass 1's tiles of twice the query blocks still number at least 4 per SM
@@ -422,7 +441,8 @@ def prefill_select_rows(
         sel.stride(0), sel.stride(1), lse.stride(0),
         num_rows, head_dim, LOG2E / head_dim**0.5,
         TOPK=topk_blocks, NUM_SEL=num_sel, BLOCK_Q=block_q, BLOCK_K=triton.next_power_of_2(max(topk_blocks, 1)),
-        BLOCK_SEL=triton.next_power_of_2(num_sel), INLINE_LSE=inline, **common, **cfg,
+        BLOCK_SEL=triton.next_power_of_2(num_sel), INLINE_LSE=inline, ID_BITS=id_bits if keys32 else 0,
+        **common, **cfg,
     )  # fmt: skip
     return sel
 
