@@ -17,6 +17,7 @@ import triton.language as tl
 
 from m3.kernels.msa_prefill import _update
 from m3.kernels.msa_select import (
+    _MAX_ID_BITS,
     LOG2E,
     _check_summaries,
     _dot,
@@ -36,7 +37,7 @@ _SCORE_BLOCK_N = 64  # candidate blocks per step of the scoring loop (two pipeli
 # twice that for float8 min/max (the same bytes per step: scoring at 1M x 1 13.0 vs 14.6 us, session 8)
 _SCORE_STAGES, _SCORE_WARPS = 2, 4  # launch options of the scoring kernel
 _TOPK_WARPS = 8  # top-k kernel warps for 1024-candidate splits (4 below)
-_TOPK_KEYS32 = True  # a split's top-k on 32-bit keys (16-bit queries: scores rounded to 31 - log2(split) bits)
+_TOPK_KEYS32 = True  # top-k on 32-bit keys for 16-bit queries (as the prefill selection: msa_select._MAX_ID_BITS)
 _ATTN_CHUNK, _ATTN_STAGES = 2, 2  # attention: pages per step (2 x S keys per load), pipeline stages
 _KEEP: list[torch.Tensor] = []  # every counter buffer ever handed out (captured graphs keep their pointers)
 
@@ -114,7 +115,7 @@ def _is_last(CNT, idx, n):
 def _store_pages(
     top, seq_len, row, dense_below,
     S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, TOPK: tl.constexpr, NUM_PAGES: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_SEL: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_SEL: tl.constexpr, ID_BITS: tl.constexpr = 0,
 ):  # fmt: skip
     """Write one page list: sinks, the chosen blocks (keys `top`, best first, -1 = none) ascending, window, current
     block; every block up to the current one for a dense sequence; -1 for padding rows and past the end."""
@@ -129,7 +130,7 @@ def _store_pages(
     # -- MSA rows: the first BLOCK_SEL entries --
     kk = tl.arange(0, BLOCK_K)
     chosen = (kk < TOPK) & (top >= 0) & is_msa
-    ids = tl.sort(tl.where(chosen, _low_ids(top), 2147483647))
+    ids = tl.sort(tl.where(chosen, _low_ids(top, ID_BITS), 2147483647))
     n_ch = tl.sum(chosen.to(tl.int32), axis=0)
     n_sink = tl.minimum(i, SINK)
     w_lo = tl.maximum(i - WINDOW, SINK)
@@ -152,7 +153,7 @@ def _decode_topk_kernel(
     NUM_PAGES: tl.constexpr, TOPK_SPLIT: tl.constexpr, NUM_SCORE_SPLITS: tl.constexpr,
     NUM_TOPK_SPLITS: tl.constexpr, BLOCK_SCORE_SPLITS: tl.constexpr, BLOCK_TOPK_SPLITS: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_SEL: tl.constexpr,
-    LOCAL_BITS: tl.constexpr,
+    ID_BITS: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -181,17 +182,10 @@ def _decode_topk_kernel(
     sc_row = SC + b.to(tl.int64) * stride_scb + h * stride_sch + gp[:, None] * stride_scg
     s = tl.load(sc_row + jj[None, :], mask=valid, other=float("-inf"))
     p = tl.where(valid, tl.math.exp2(s - lse[:, None]), 0.0)
-    if LOCAL_BITS == 0:
-        top = tl.topk(_pack_keys(tl.sum(p, axis=0), jj, jm), BLOCK_K)  # best first
-    else:
-        # -- the split's top-k on 32-bit keys (position in the split below the score's upper bits), then int64 keys
-        # (the same rounded score above the block id) for the merge --
-        top = tl.topk(_pack_keys(tl.sum(p, axis=0), jj - lo, jm, LOCAL_BITS), BLOCK_K)
-        score_bits = ((top >> LOCAL_BITS) << LOCAL_BITS).to(tl.int64)
-        top = tl.where(top >= 0, (score_bits << 32) | (lo + _low_ids(top, LOCAL_BITS)).to(tl.int64), -1)
+    top = tl.topk(_pack_keys(tl.sum(p, axis=0), jj, jm, ID_BITS), BLOCK_K)  # best first
     row = PAGES + b.to(tl.int64) * stride_pb + h * stride_ph
     if NUM_TOPK_SPLITS == 1:
-        _store_pages(top, seq_len, row, dense_below, S, SINK, WINDOW, TOPK, NUM_PAGES, BLOCK_K, BLOCK_SEL)
+        _store_pages(top, seq_len, row, dense_below, S, SINK, WINDOW, TOPK, NUM_PAGES, BLOCK_K, BLOCK_SEL, ID_BITS)
     else:
         # -- the last split of (b, h) to finish merges every split's best into the page list --
         kk = tl.arange(0, BLOCK_K)
@@ -201,7 +195,7 @@ def _decode_topk_kernel(
             keys = tl.load(TK + (bh * NUM_TOPK_SPLITS + ct[:, None]) * BLOCK_K + kk[None, :],
                            mask=ct[:, None] < NUM_TOPK_SPLITS, other=-1, cache_modifier=".cg")  # fmt: skip
             top = tl.topk(tl.reshape(keys, [BLOCK_TOPK_SPLITS * BLOCK_K]), BLOCK_K)
-            _store_pages(top, seq_len, row, dense_below, S, SINK, WINDOW, TOPK, NUM_PAGES, BLOCK_K, BLOCK_SEL)
+            _store_pages(top, seq_len, row, dense_below, S, SINK, WINDOW, TOPK, NUM_PAGES, BLOCK_K, BLOCK_SEL, ID_BITS)
 
 
 @triton.jit
@@ -468,7 +462,10 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
             S=block_size, SINK=sink_blocks, WINDOW=window_blocks, NUM_PAGES=num_pages, BLOCK_SEL=block_sel,
         )  # fmt: skip
         return pages
-    keys = torch.empty(num_seqs, num_kv_heads, num_topk_splits, block_k, dtype=torch.int64, device=q.device)
+    id_bits = max(1, (max_blocks - 1).bit_length())
+    id_bits = id_bits if q.dtype != torch.float32 and id_bits <= _MAX_ID_BITS and _TOPK_KEYS32 else 0
+    keys = torch.empty(num_seqs, num_kv_heads, num_topk_splits, block_k, dtype=torch.int32 if id_bits else torch.int64,
+                       device=q.device)  # fmt: skip
     counters = _counters(q.device, num_seqs * num_kv_heads)
     scores = torch.empty(num_seqs, num_kv_heads, group, max_blocks, dtype=torch.float32, device=q.device)
     block_n = _SCORE_BLOCK_N * (2 if kmin.element_size() == 1 else 1)
@@ -492,7 +489,7 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
         NUM_TOPK_SPLITS=num_topk_splits, BLOCK_SCORE_SPLITS=triton.next_power_of_2(num_score_splits),
         BLOCK_TOPK_SPLITS=triton.next_power_of_2(num_topk_splits), BLOCK_GP=triton.next_power_of_2(group),
         BLOCK_K=block_k, BLOCK_SEL=block_sel, num_warps=_TOPK_WARPS if topk_split >= 1024 else 4,
-        LOCAL_BITS=(topk_split - 1).bit_length() if q.dtype != torch.float32 and _TOPK_KEYS32 else 0, **common,
+        ID_BITS=id_bits, **common,
     )  # fmt: skip
     return pages
 

@@ -59,15 +59,19 @@ def test_prefill_default_knobs_long(inline):
 
 
 @pytest.mark.parametrize("width", [1 << 14, 1 << 16])
-def test_select_32bit_keys_coarse_scores(width):
+def test_selection_32bit_keys_coarse_scores(width):
     # block tables as wide as a 1M-token (or 4M) sequence's: 32-bit selection keys keep 9 (or 7) mantissa bits of
-    # the score; the chosen blocks still carry the reference score mass within 1%
+    # the score (prefill and decode); the chosen blocks still carry the reference score mass within 1%
     import torch.nn.functional as F
 
     batch = make_batch([(0, 4133), (2048, 1500)], num_kv_heads=2, group=4, head_dim=128, block_size=64, dtype=BF16,
                        device="cuda")  # fmt: skip
     batch.block_tables = F.pad(batch.block_tables, (0, width - batch.block_tables.shape[1]), value=-1)
     check_prefill(batch, DEFAULTS)
+    dec = make_batch(DECODE_SPECS, num_kv_heads=2, group=4, head_dim=128, block_size=64, dtype=BF16, device="cuda",
+                     decode=True)  # fmt: skip
+    dec.block_tables = F.pad(dec.block_tables, (0, width - dec.block_tables.shape[1]), value=-1)
+    check_decode(dec, {**DEFAULTS, "dense_below": 256})
 
 
 @pytest.mark.parametrize("group,dtype,head_dim", [(4, BF16, 128), (5, F16, 64)])

@@ -91,14 +91,18 @@ def test_select_streams_many_candidates(group, dtype, merge_at, lse_q):
 
 
 @pytest.mark.parametrize("width,dtype", [(1 << 14, BF16), (1 << 16, F16)])
-def test_select_32bit_keys_coarse_scores(width, dtype):
+def test_selection_32bit_keys_coarse_scores(width, dtype):
     # block tables as wide as a 1M-token (or 4M) sequence's: 32-bit keys keep 9 (or 7) mantissa bits of the score;
-    # the chosen blocks still carry the reference score mass within 1%
+    # prefill and decode still choose blocks carrying the reference score mass within 1%
     import torch.nn.functional as F
 
     batch = make_batch([(0, 700), (320, 90)], num_kv_heads=2, group=4, head_dim=16, block_size=16, dtype=dtype)
     batch.block_tables = F.pad(batch.block_tables, (0, width - batch.block_tables.shape[1]), value=-1)
     check_prefill(batch, {**KNOBS, "topk_blocks": 5, "window_blocks": 3}, select_config=dict(BLOCK_Q=4, BLOCK_N=16))
+    dec = make_batch([(299, 1), (0, 0), (150, 1)], num_kv_heads=2, group=4, head_dim=16, block_size=16, dtype=dtype,
+                     decode=True)  # fmt: skip
+    dec.block_tables = F.pad(dec.block_tables, (0, width - dec.block_tables.shape[1]), value=-1)
+    check_decode(dec, {**KNOBS, "dense_below": 45})
 
 
 @pytest.mark.parametrize("group,dtype,score", [(1, F32, "bound"), (3, BF16, "mean"), (4, F16, "bound"),
@@ -122,7 +126,7 @@ def test_decode_many_splits(monkeypatch, dtype):
     from m3.kernels import msa_decode
 
     monkeypatch.setattr(msa_decode, "_SCORE_SPLIT", 4)  # several score and top-k splits per sequence
-    monkeypatch.setattr(msa_decode, "_TOPK_SPLIT", 8)  # (bf16: 32-bit keys hold the position in the split in 3 bits)
+    monkeypatch.setattr(msa_decode, "_TOPK_SPLIT", 8)  # (bf16: 32-bit keys, ids up to 43 in 6 bits)
     batch = make_batch(DECODE_SPECS + [(700, 1)], num_kv_heads=2, group=4, head_dim=32, block_size=16, decode=True,
                        dtype=dtype)  # fmt: skip
     check_decode(batch, {**KNOBS, "topk_blocks": 5})
