@@ -115,7 +115,7 @@ def _is_last(CNT, idx, n):
 def _store_pages(
     top, seq_len, row, dense_below,
     S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, TOPK: tl.constexpr, NUM_PAGES: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_SEL: tl.constexpr, ID_BITS: tl.constexpr = 0,
+    BLOCK_K: tl.constexpr, BLOCK_SEL: tl.constexpr, id_bits=0, KEYS32: tl.constexpr = False,
 ):  # fmt: skip
     """Write one page list: sinks, the chosen blocks (keys `top`, best first, -1 = none) ascending, window, current
     block; every block up to the current one for a dense sequence; -1 for padding rows and past the end."""
@@ -130,7 +130,7 @@ def _store_pages(
     # -- MSA rows: the first BLOCK_SEL entries --
     kk = tl.arange(0, BLOCK_K)
     chosen = (kk < TOPK) & (top >= 0) & is_msa
-    ids = tl.sort(tl.where(chosen, _low_ids(top, ID_BITS), 2147483647))
+    ids = tl.sort(tl.where(chosen, _low_ids(top, id_bits, KEYS32), 2147483647))
     n_ch = tl.sum(chosen.to(tl.int32), axis=0)
     n_sink = tl.minimum(i, SINK)
     w_lo = tl.maximum(i - WINDOW, SINK)
@@ -144,16 +144,16 @@ def _store_pages(
     tl.store(row + n_sink + kk, ids, mask=tl.where(is_msa, kk < n_ch, False))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["id_bits"])  # (one variant for every block-table width)
 def _decode_topk_kernel(
     SC, PM, PL, SEQ_LENS, TK, CNT, PAGES,
     stride_scb, stride_sch, stride_scg, stride_pb, stride_ph,
-    dense_below,
+    dense_below, id_bits,
     G: tl.constexpr, S: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, TOPK: tl.constexpr,
     NUM_PAGES: tl.constexpr, TOPK_SPLIT: tl.constexpr, NUM_SCORE_SPLITS: tl.constexpr,
     NUM_TOPK_SPLITS: tl.constexpr, BLOCK_SCORE_SPLITS: tl.constexpr, BLOCK_TOPK_SPLITS: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_SEL: tl.constexpr,
-    ID_BITS: tl.constexpr,
+    KEYS32: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -182,10 +182,11 @@ def _decode_topk_kernel(
     sc_row = SC + b.to(tl.int64) * stride_scb + h * stride_sch + gp[:, None] * stride_scg
     s = tl.load(sc_row + jj[None, :], mask=valid, other=float("-inf"))
     p = tl.where(valid, tl.math.exp2(s - lse[:, None]), 0.0)
-    top = tl.topk(_pack_keys(tl.sum(p, axis=0), jj, jm, ID_BITS), BLOCK_K)  # best first
+    top = tl.topk(_pack_keys(tl.sum(p, axis=0), jj, jm, id_bits, KEYS32), BLOCK_K)  # best first
     row = PAGES + b.to(tl.int64) * stride_pb + h * stride_ph
     if NUM_TOPK_SPLITS == 1:
-        _store_pages(top, seq_len, row, dense_below, S, SINK, WINDOW, TOPK, NUM_PAGES, BLOCK_K, BLOCK_SEL, ID_BITS)
+        _store_pages(top, seq_len, row, dense_below, S, SINK, WINDOW, TOPK, NUM_PAGES, BLOCK_K, BLOCK_SEL, id_bits,
+                     KEYS32)  # fmt: skip
     else:
         # -- the last split of (b, h) to finish merges every split's best into the page list --
         kk = tl.arange(0, BLOCK_K)
@@ -195,7 +196,8 @@ def _decode_topk_kernel(
             keys = tl.load(TK + (bh * NUM_TOPK_SPLITS + ct[:, None]) * BLOCK_K + kk[None, :],
                            mask=ct[:, None] < NUM_TOPK_SPLITS, other=-1, cache_modifier=".cg")  # fmt: skip
             top = tl.topk(tl.reshape(keys, [BLOCK_TOPK_SPLITS * BLOCK_K]), BLOCK_K)
-            _store_pages(top, seq_len, row, dense_below, S, SINK, WINDOW, TOPK, NUM_PAGES, BLOCK_K, BLOCK_SEL, ID_BITS)
+            _store_pages(top, seq_len, row, dense_below, S, SINK, WINDOW, TOPK, NUM_PAGES, BLOCK_K, BLOCK_SEL, id_bits,
+                         KEYS32)  # fmt: skip
 
 
 @triton.jit
@@ -463,8 +465,8 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
         )  # fmt: skip
         return pages
     id_bits = max(1, (max_blocks - 1).bit_length())
-    id_bits = id_bits if q.dtype != torch.float32 and id_bits <= _MAX_ID_BITS and _TOPK_KEYS32 else 0
-    keys = torch.empty(num_seqs, num_kv_heads, num_topk_splits, block_k, dtype=torch.int32 if id_bits else torch.int64,
+    keys32 = q.dtype != torch.float32 and id_bits <= _MAX_ID_BITS and _TOPK_KEYS32
+    keys = torch.empty(num_seqs, num_kv_heads, num_topk_splits, block_k, dtype=torch.int32 if keys32 else torch.int64,
                        device=q.device)  # fmt: skip
     counters = _counters(q.device, num_seqs * num_kv_heads)
     scores = torch.empty(num_seqs, num_kv_heads, group, max_blocks, dtype=torch.float32, device=q.device)
@@ -484,12 +486,12 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
     _decode_topk_kernel[(num_seqs, num_kv_heads, num_topk_splits)](
         scores, part_m, part_l, seq_lens, keys, counters, pages,
         *scores.stride()[:3], pages.stride(0), pages.stride(1),
-        dense_below,
+        dense_below, id_bits,
         TOPK=topk_blocks, NUM_PAGES=num_pages, TOPK_SPLIT=topk_split, NUM_SCORE_SPLITS=num_score_splits,
         NUM_TOPK_SPLITS=num_topk_splits, BLOCK_SCORE_SPLITS=triton.next_power_of_2(num_score_splits),
         BLOCK_TOPK_SPLITS=triton.next_power_of_2(num_topk_splits), BLOCK_GP=triton.next_power_of_2(group),
         BLOCK_K=block_k, BLOCK_SEL=block_sel, num_warps=_TOPK_WARPS if topk_split >= 1024 else 4,
-        ID_BITS=id_bits, **common,
+        KEYS32=keys32, **common,
     )  # fmt: skip
     return pages
 

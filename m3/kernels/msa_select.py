@@ -58,24 +58,24 @@ def _summary_logits(
 
 
 @triton.jit
-def _pack_keys(p, j, valid, ID_BITS: tl.constexpr = 0):
-    """(score >= 0, block id) -> keys ordered by score then id; -1 where invalid. ID_BITS 0: int64, the score's float
-    bits above the id; else int32, the id in the low ID_BITS bits of the score's bits (the score rounded down to
-    31 - ID_BITS bits: 8 of exponent, the rest of mantissa; block ids < 2^ID_BITS)."""
+def _pack_keys(p, j, valid, id_bits=0, KEYS32: tl.constexpr = False):
+    """(score >= 0, block id) -> keys ordered by score then id; -1 where invalid: int64, the score's float bits above
+    the id; or (KEYS32) int32, the id in the low id_bits bits of the score's bits (the score rounded down to
+    31 - id_bits bits: 8 of exponent, the rest of mantissa; block ids < 2^id_bits)."""
     bits = p.to(tl.int32, bitcast=True)
-    if ID_BITS == 0:
-        key = (bits.to(tl.int64) << 32) | j.to(tl.int64)
+    if KEYS32:
+        key = ((bits >> id_bits) << id_bits) | j
     else:
-        key = ((bits >> ID_BITS) << ID_BITS) | j
+        key = (bits.to(tl.int64) << 32) | j.to(tl.int64)
     return tl.where(valid, key, -1)
 
 
 @triton.jit
-def _low_ids(keys, ID_BITS: tl.constexpr = 0):
-    if ID_BITS == 0:
-        ids = (keys - ((keys >> 32) << 32)).to(tl.int32)
+def _low_ids(keys, id_bits=0, KEYS32: tl.constexpr = False):
+    if KEYS32:
+        ids = keys & ((1 << id_bits) - 1)
     else:
-        ids = keys & ((1 << ID_BITS) - 1)
+        ids = (keys - ((keys >> 32) << 32)).to(tl.int32)
     return ids
 
 
@@ -231,15 +231,15 @@ def _select_lse_kernel(
     tl.store(LSE + wr.to(tl.int64) * stride_lq + h * G + g, lse, mask=ok_r)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["id_bits"])  # (one variant for every block-table width)
 def _select_kernel(
     QBAR, KMEAN, KMIN, KMAX, BT, SEL, LSE, TILE_SEQ, TILE_W0, QB_SEQ, QB_ID,
     stride_bq, stride_bh, stride_sb, stride_sh, stride_bt, stride_selq, stride_selh, stride_lq,
-    num_rows, head_dim, qk_scale,
+    num_rows, head_dim, qk_scale, id_bits,
     G: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr, TOPK: tl.constexpr, NUM_SEL: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_SEL: tl.constexpr, BLOCK_D: tl.constexpr, IS_BOUND: tl.constexpr, IS_FP32: tl.constexpr,
-    MERGE_AT: tl.constexpr, INLINE_LSE: tl.constexpr, ID_BITS: tl.constexpr,
+    MERGE_AT: tl.constexpr, INLINE_LSE: tl.constexpr, KEYS32: tl.constexpr,
 ):  # fmt: skip
     """Pass 2 (and pass 1 first, INLINE_LSE) of a tile: its rows' selections into SEL."""
     pid = tl.program_id(0)
@@ -266,7 +266,7 @@ def _select_kernel(
             lse = tl.load(LSE + wr.to(tl.int64) * stride_lq + h * G + g, mask=ok_r, other=float("inf"))
     # -- pass 2: probabilities summed over the group, streaming top-k per query block --
     run = tl.full([BLOCK_Q, BLOCK_K], -1, tl.int32)  # sorted descending
-    if ID_BITS == 0:
+    if not KEYS32:
         run = run.to(tl.int64)
     jn = j_hi - BLOCK_N + tl.arange(0, BLOCK_N)
     phys_n = tl.load(bt_row + jn, mask=tl.where(n_chunks > 0, jn >= SINK, False), other=0)
@@ -277,7 +277,7 @@ def _select_kernel(
         if edge:
             p = tl.where(jm[None, :] & (j[None, :] < hi_r[:, None]), p, 0.0)
         pq = tl.sum(tl.reshape(p, [BLOCK_Q, BLOCK_G, BLOCK_N]), axis=1)  # (BLOCK_Q, BLOCK_N)
-        key = _pack_keys(pq, j[None, :], True, ID_BITS)
+        key = _pack_keys(pq, j[None, :], True, id_bits, KEYS32)
         if edge:
             key = tl.where(jm[None, :] & (j[None, :] < hi_q[:, None]), key, -1)
         # candidates that beat their row's current k-th best; keys are unique, so the set stays exact
@@ -302,7 +302,7 @@ def _select_kernel(
     # -- chosen blocks: the best TOPK, as ascending ids --
     rank = tl.arange(0, BLOCK_K)
     chosen = (rank[None, :] < TOPK) & (run >= 0)
-    ids = tl.sort(tl.where(chosen, _low_ids(run, ID_BITS), 2147483647), dim=1)
+    ids = tl.sort(tl.where(chosen, _low_ids(run, id_bits, KEYS32), 2147483647), dim=1)
     n_ch = tl.sum(chosen.to(tl.int32), axis=1)
     # -- pack the row: sinks, chosen, window, current block, -1 padding (ascending ids) --
     n_sink = tl.minimum(i_q, SINK)
@@ -439,9 +439,9 @@ def prefill_select_rows(
         *sums, sel, lse, tile_seq, tile_w0, qb_seq, qb_ids,
         qbar.stride(0), qbar.stride(1), kmean.stride(0), kmean.stride(1), block_tables.stride(0),
         sel.stride(0), sel.stride(1), lse.stride(0),
-        num_rows, head_dim, LOG2E / head_dim**0.5,
+        num_rows, head_dim, LOG2E / head_dim**0.5, id_bits,
         TOPK=topk_blocks, NUM_SEL=num_sel, BLOCK_Q=block_q, BLOCK_K=triton.next_power_of_2(max(topk_blocks, 1)),
-        BLOCK_SEL=triton.next_power_of_2(num_sel), INLINE_LSE=inline, ID_BITS=id_bits if keys32 else 0,
+        BLOCK_SEL=triton.next_power_of_2(num_sel), INLINE_LSE=inline, KEYS32=keys32,
         **common, **cfg,
     )  # fmt: skip
     return sel
