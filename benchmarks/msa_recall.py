@@ -8,7 +8,8 @@ Usage: python benchmarks/msa_recall.py [--tokens 8192] [--query-from 4096] [--sc
        [--budgets 16/32,16/16,...] [--recall-only]
 ("bound" scores min/max rounded outward to float8 as the engine stores them (msa.md); "bound_exact" the exact min/max,
 the contract before session 8; "bound_max" / "bound_lse" rank blocks by the group's largest bound logit / log-sum-exp
-of its bound logits, what-ifs that need no per-head softmax over all candidates.)
+of its bound logits, what-ifs that need no per-head softmax over all candidates; "bound_keys32" msa.md's score rounded
+as the GPU kernels' 32-bit selection keys round it at 1M tokens, 9 mantissa bits, ties to the higher block id.)
 """
 
 import argparse
@@ -33,7 +34,9 @@ def main():
     ap.add_argument("--query-from", type=int, default=4096)
     ap.add_argument("--tail", type=int, default=1024, help="tokens scored for agreement and perplexity")
     ap.add_argument(
-        "--scores", default="bound,mean,oracle", help="bound, mean, oracle, bound_exact, bound_max, bound_lse"
+        "--scores",
+        default="bound,mean,oracle",
+        help="bound, mean, oracle, bound_exact, bound_max, bound_lse, bound_keys32",
     )
     ap.add_argument("--budgets", default=",".join(f"{w}/{k}" for w, k in BUDGETS), help="window/topk blocks, ...")
     ap.add_argument("--recall-only", action="store_true", help="skip next-token agreement and perplexity")

@@ -139,17 +139,30 @@ def perplexity(logits: torch.Tensor, next_ids: torch.Tensor) -> float:
     return float(torch.nn.functional.cross_entropy(logits.float(), next_ids).exp())
 
 
-# what-ifs for the group aggregation: scores each block can get without the per-head softmax over all candidates
-# (msa.md sums softmax probabilities over the group, which needs every candidate's logit first)
+KEYS32_ID_BITS = 14  # the GPU kernels' 32-bit selection keys at 1M tokens (S=64): 9 mantissa bits of the score
+
+
+def _keys32(s: torch.Tensor, c: dict) -> torch.Tensor:
+    """msa.md's score (softmax over the candidates, summed over the group) ranked as the GPU kernels' 32-bit keys
+    rank it: float bits rounded down to 31 - KEYS32_ID_BITS bits, ties to the higher block id."""
+    j = torch.arange(s.shape[-1])
+    cand = (j >= c["sink_blocks"]) & (j < s.shape[-1] - c["window_blocks"])
+    p = torch.softmax(s.masked_fill(~cand, float("-inf")), -1).nan_to_num(0.0).sum(1)  # (Hkv, i)
+    return ((p.view(torch.int32).long() >> KEYS32_ID_BITS) * 2**KEYS32_ID_BITS + j).double()
+
+
+# what-ifs: scores each block can get without the per-head softmax over all candidates (msa.md sums softmax
+# probabilities over the group, which needs every candidate's logit first), and msa.md's score at the GPU keys' grid
 GROUP_WHAT_IFS = {
-    "bound_max": lambda s: s.amax(1),  # the group's largest bound logit
-    "bound_lse": lambda s: torch.logsumexp(s, 1),  # log sum_g exp(logit), unnormalised over the candidates
+    "bound_max": lambda s, c: s.amax(1),  # the group's largest bound logit
+    "bound_lse": lambda s, c: torch.logsumexp(s, 1),  # log sum_g exp(logit), unnormalised over the candidates
+    "bound_keys32": _keys32,
 }
 
 
 def _chosen_local(c: dict, i: int, qi, summaries, num_kv_heads: int) -> torch.Tensor:
     def score_of():
         s = block_scores_ref(qi.mean(0, keepdim=True), *summaries, "bound")[0][..., :i]  # (Hkv, G, i)
-        return torch.nn.functional.pad(GROUP_WHAT_IFS[c["score"]](s), (0, 1))  # block i: forced anyway
+        return torch.nn.functional.pad(GROUP_WHAT_IFS[c["score"]](s, c), (0, 1))  # block i: forced anyway
 
     return _forced_and_top(i, c["sink_blocks"], c["window_blocks"], c["topk_blocks"], num_kv_heads, score_of)
