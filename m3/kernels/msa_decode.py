@@ -17,7 +17,6 @@ import triton.language as tl
 
 from m3.kernels.msa_prefill import _update
 from m3.kernels.msa_select import (
-    _MAX_ID_BITS,
     LOG2E,
     _check_summaries,
     _dot,
@@ -26,6 +25,7 @@ from m3.kernels.msa_select import (
     _pack_keys,
     _scoring_queries,
     _summary_logits,
+    selection_keys,
 )
 from m3.kernels.paged_ref import num_decode_pages, num_selected
 from m3.kernels.remap import Remap, remap_inputs, select_remapped
@@ -37,7 +37,7 @@ _SCORE_BLOCK_N = 64  # candidate blocks per step of the scoring loop (two pipeli
 # twice that for float8 min/max (the same bytes per step: scoring at 1M x 1 13.0 vs 14.6 us, session 8)
 _SCORE_STAGES, _SCORE_WARPS = 2, 4  # launch options of the scoring kernel
 _TOPK_WARPS = 8  # top-k kernel warps for 1024-candidate splits (4 below)
-_TOPK_KEYS32 = True  # top-k on 32-bit keys for 16-bit queries (as the prefill selection: msa_select._MAX_ID_BITS)
+_TOPK_KEYS32 = True  # top-k on 32-bit keys for 16-bit queries (msa_select.selection_keys, as the prefill selection)
 _ATTN_CHUNK, _ATTN_STAGES = 2, 2  # attention: pages per step (2 x S keys per load), pipeline stages
 _KEEP: list[torch.Tensor] = []  # every counter buffer ever handed out (captured graphs keep their pointers)
 
@@ -464,8 +464,8 @@ def _decode_select(q, kmean, kmin, kmax, block_tables, seq_lens, *, block_size, 
             S=block_size, SINK=sink_blocks, WINDOW=window_blocks, NUM_PAGES=num_pages, BLOCK_SEL=block_sel,
         )  # fmt: skip
         return pages
-    id_bits = max(1, (max_blocks - 1).bit_length())
-    keys32 = q.dtype != torch.float32 and id_bits <= _MAX_ID_BITS and _TOPK_KEYS32
+    id_bits, keys32 = selection_keys(q.dtype, max_blocks)
+    keys32 = keys32 and _TOPK_KEYS32
     keys = torch.empty(num_seqs, num_kv_heads, num_topk_splits, block_k, dtype=torch.int32 if keys32 else torch.int64,
                        device=q.device)  # fmt: skip
     counters = _counters(q.device, num_seqs * num_kv_heads)

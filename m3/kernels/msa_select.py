@@ -26,6 +26,14 @@ LOG2E = 1.4426950408889634
 _MAX_ID_BITS = 16  # 32-bit selection keys keep >= 7 mantissa bits of the score (up to 65,536 blocks per sequence)
 
 
+def selection_keys(dtype: torch.dtype, max_blocks: int) -> tuple[int, bool]:
+    """(id_bits, keys32) of the top-k keys for block tables max_blocks wide: 32-bit keys (the score rounded to
+    31 - id_bits bits, the block id below) for 16-bit queries, whose score is only as precise as the 16-bit scoring
+    dot anyway; float32 keeps exact int64 keys."""
+    id_bits = max(1, (max_blocks - 1).bit_length())
+    return id_bits, dtype != torch.float32 and id_bits <= _MAX_ID_BITS
+
+
 @triton.jit
 def _dot(a, b, IS_FP32: tl.constexpr):
     # float32 operands: exact IEEE products (tf32 would change the selection and the flash-attention bar)
@@ -415,11 +423,9 @@ def prefill_select_rows(
         kmin, kmax = kmin.to(torch.float16), kmax.to(torch.float16)
     sums = (qbar, kmean, kmin, kmax, block_tables)
     inline = cfg.pop("INLINE_LSE")
-    # 32-bit keys (score rounded to 31 - id_bits bits, id below) for 16-bit queries: the score itself is only as
-    # precise as the 16-bit scoring dot; float32 keeps exact int64 keys
-    id_bits = max(1, (block_tables.shape[1] - 1).bit_length())
-    keys32 = cfg.pop("KEYS32")
-    keys32 = q.dtype != torch.float32 and id_bits <= _MAX_ID_BITS if keys32 is None else keys32
+    id_bits, keys32 = selection_keys(q.dtype, block_tables.shape[1])
+    forced_keys = cfg.pop("KEYS32")  # (an A/B override: True / False)
+    keys32 = keys32 if forced_keys is None else forced_keys
     if inline is None:  # short prefills: pass 1 inside the selection kernel, one launch (H200, session 7: 1.13 vs
         # 2.02 ms at 32K, 2.21 vs 3.01 at 128K, 30.7 vs 29.8 at 1M; 512 tiles x KV heads at 128K, 32768 at 1M). Above
         # this, pass 1's tiles of twice the query blocks still number at least 4 per SM
